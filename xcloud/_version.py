@@ -1,0 +1,3 @@
+"""xcloud's version."""
+
+__version__ = "0.1.0"

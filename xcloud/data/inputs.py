@@ -1,0 +1,116 @@
+"""Turn user input (odc-stac Dataset or a DataArray with a band dim) into a band cube."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import xarray as xr
+
+from ..errors import BandError, InputDtypeError, XcloudWarning
+from .bands import match_bands
+
+__all__ = ["band_cube", "pixel_size", "spatial_dims", "to_reflectance"]
+
+_SPATIAL_PAIRS = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"), ("rows", "cols"))
+
+
+def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, Hashable]:
+    """The (row, column) dimension names: ``y``/``x`` or another known pair, else the last two."""
+    dims = tuple(obj.dims)
+    for pair in _SPATIAL_PAIRS:
+        if all(d in dims for d in pair):
+            return pair
+    if isinstance(obj, xr.Dataset):
+        first = next(iter(obj.data_vars.values()))
+        return spatial_dims(first)
+    if len(dims) < 2:
+        raise BandError(f"input has dims {dims}; it needs two spatial dimensions (y, x)")
+    return dims[-2], dims[-1]
+
+
+def _band_labels(array: xr.DataArray) -> list[str]:
+    labels = [str(v) for v in np.atleast_1d(array["band"].values)] if "band" in array.coords else []
+    long_name = array.attrs.get("long_name")
+    numeric = not labels or all(label.isdigit() for label in labels)
+    if numeric and isinstance(long_name, list | tuple) and len(long_name) == array.sizes["band"]:
+        labels = [str(v) for v in long_name]  # rioxarray keeps band names in long_name
+    if not labels:
+        raise BandError("the 'band' dimension has no labels; assign band names, e.g. "
+                        "da.assign_coords(band=['B02', 'B03', ...])")
+    return labels
+
+
+def band_cube(data: xr.Dataset | xr.DataArray, bands: Sequence[str]) -> xr.DataArray:
+    """Select ``bands`` (canonical names) from ``data``, in that order, as (..., band, y, x)."""
+    if isinstance(data, xr.Dataset):
+        names = match_bands(data.data_vars, bands)
+        ydim, xdim = spatial_dims(data)
+        cube = xr.concat([data[n] for n in names], dim="band", coords="minimal",
+                         compat="override", join="exact")
+    elif isinstance(data, xr.DataArray):
+        if "band" not in data.dims:
+            raise BandError(
+                f"a DataArray input needs a 'band' dimension, got dims {data.dims}; "
+                "or pass a Dataset with one variable per band"
+            )
+        ydim, xdim = spatial_dims(data)
+        names = match_bands(_band_labels(data), bands)
+        labels = _band_labels(data)
+        cube = data.isel(band=[labels.index(n) for n in names])
+    else:
+        raise TypeError(f"expected an xarray Dataset or DataArray, got {type(data).__name__}")
+    cube = cube.assign_coords(band=list(bands))
+    others = [d for d in cube.dims if d not in ("band", ydim, xdim)]
+    if len(others) > 1:
+        raise BandError(
+            f"input has extra dimensions {others}; xcloud takes (y, x) or one more dimension "
+            "such as time: select or stack the others first"
+        )
+    return cube.transpose(*others, "band", ydim, xdim)
+
+
+def to_reflectance(cube: xr.DataArray, *, scale: float | None,
+                   offset: float | None) -> xr.DataArray:
+    """Reflectance as float32; integer digital numbers need an explicit ``scale``/``offset``."""
+    if scale is not None or offset is not None:
+        scaled = cube.astype(np.float32) * (1.0 if scale is None else scale)
+        return scaled + (0.0 if offset is None else offset)
+    if np.issubdtype(cube.dtype, np.integer):
+        raise InputDtypeError(
+            f"the bands are integers ({cube.dtype}), not reflectance. Sentinel-2 digital numbers "
+            "are reflectance x 10000, with an offset of -1000 DN from processing baseline 04.00: "
+            "pass scale=0.0001 (and offset=-0.1 for baseline >= 04.00), or load with "
+            "xcloud.load() which does this from the STAC metadata"
+        )
+    if not np.issubdtype(cube.dtype, np.floating):
+        raise InputDtypeError(f"bands of dtype {cube.dtype} cannot be used as reflectance")
+    return cube.astype(np.float32, copy=False)
+
+
+def pixel_size(cube: xr.DataArray, *, default: float) -> float:
+    """Ground pixel size (m) from the x coordinate; ``default`` (with a warning) if unknown."""
+    _, xdim = spatial_dims(cube)
+    coord = cube.coords.get(xdim)
+    crs = _crs(cube)
+    if coord is not None and coord.size > 1 and (crs is None or crs.is_projected):
+        step = float(abs(coord.values[1] - coord.values[0]))
+        if crs is not None or step >= 1.0:
+            return step
+    warnings.warn(
+        f"cannot tell the pixel size from the input's coordinates; assuming the model's "
+        f"resolution of {default:g} m. Pass resolution= to say what it is.",
+        XcloudWarning,
+        stacklevel=4,
+    )
+    return default
+
+
+def _crs(cube: xr.DataArray):
+    try:
+        import rioxarray  # noqa: F401
+
+        return cube.rio.crs
+    except Exception:
+        return None

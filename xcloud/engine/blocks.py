@@ -1,0 +1,146 @@
+"""The function each Dask task runs on one chunk (with its halo) of a (time, band, y, x) cube."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidReflectanceError
+from ..models.protocol import CloudModel
+from ..models.registry import get
+from .cache import ModelSpec, get_model
+from .device import limit_torch_threads, threads_per_task
+from .tiling import predict_tiled
+
+__all__ = ["BlockTask", "predict_block"]
+
+_DN_LIKE = 2.0
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """Everything a chunk task needs besides its data; small and picklable (no model inside).
+
+    ``zoom`` is the size of an input pixel in model pixels (input resolution / model resolution).
+    """
+
+    spec: ModelSpec
+    output: str
+    zoom: float
+    batch_size: int
+    tile_size: int | None
+    tile_overlap: int
+    tile_anchor: int | None
+    nodata: float | None
+    invalid: str
+    chunk_starts: tuple[tuple[int, ...], tuple[int, ...]] = ((0,), (0,))
+    depth: int = 0
+    halo_at_edges: bool = True
+
+    @property
+    def n_out(self) -> int:
+        """Channels of the output block: 1 for classes, one per class for probabilities."""
+        return len(get(self.spec.name).info.scheme.classes) if self.output == "proba" else 1
+
+
+def predict_block(block: np.ndarray, task: BlockTask,
+                  block_info: dict | None = None) -> np.ndarray:
+    """Classes (t, 1, y, x) uint8 or probabilities (t, classes, y, x) float32 for one chunk.
+
+    ``block_info`` (given by Dask) locates the chunk, so that tiles follow the scene lattice.
+    """
+    origin = (0, 0)
+    if block_info and None in block_info:
+        _, _, row, column = block_info[None]["chunk-location"]
+        origin = (_chunk_origin(task, 0, row), _chunk_origin(task, 1, column))
+    return np.stack([_predict_image(image, task, origin) for image in block])
+
+
+def _chunk_origin(task: BlockTask, axis: int, index: int) -> int:
+    """Scene row/column of the first pixel of a chunk with its halo."""
+    has_halo = index > 0 or task.halo_at_edges
+    return task.chunk_starts[axis][index] - (task.depth if has_halo else 0)
+
+
+def _nodata_mask(image: np.ndarray, task: BlockTask) -> np.ndarray:
+    finite = np.isfinite(image)
+    empty = np.isnan(image).all(axis=0)
+    if task.nodata is not None:
+        empty |= (image == np.float32(task.nodata)).all(axis=0)
+    broken = ~finite.all(axis=0) & ~empty
+    if broken.any():
+        if task.invalid != "nodata":
+            raise InvalidReflectanceError(
+                f"{int(broken.sum())} pixels of a chunk have NaN or infinite values in some bands "
+                "but not all; fill them, or pass invalid='nodata' to mark them as no data"
+            )
+        empty |= broken
+    valid = image[:, ~empty]
+    if valid.size and np.count_nonzero(valid > _DN_LIKE) > valid.size // 2:
+        raise InvalidReflectanceError(
+            "most values exceed a reflectance of 2: the input looks like unscaled digital numbers; "
+            "pass scale=0.0001 (and offset=-0.1 from processing baseline 04.00) or use "
+            "xcloud.load()"
+        )
+    return empty
+
+
+def _empty_output(shape: tuple[int, int], task: BlockTask) -> np.ndarray:
+    scheme = get(task.spec.name).info.scheme
+    if task.output == "proba":
+        return np.full((len(scheme.classes), *shape), np.nan, np.float32)
+    return np.full((1, *shape), scheme.nodata.value, np.uint8)
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Area-average to a coarser grid, bilinear to a finer one."""
+    if tuple(array.shape[-2:]) == tuple(shape):
+        return array
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    shrinking = shape[0] < array.shape[-2]
+    if shrinking:
+        out = F.interpolate(tensor, size=shape, mode="area")
+    else:
+        out = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)
+    return out[0].numpy()
+
+
+def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
+                         origin: tuple[int, int]) -> np.ndarray:
+    height, width = image.shape[-2:]
+    model_shape = (max(1, round(height * task.zoom)), max(1, round(width * task.zoom)))
+    resampled = _resize(image, model_shape)
+    proba = predict_tiled(
+        model,
+        resampled,
+        tile_size=task.tile_size,
+        overlap=task.tile_overlap,
+        batch_size=task.batch_size,
+        anchor=task.tile_anchor,
+        origin=(round(origin[0] * task.zoom), round(origin[1] * task.zoom)),
+    )
+    return _resize(proba, (height, width))
+
+
+def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int]) -> np.ndarray:
+    empty = _nodata_mask(image, task)
+    if empty.all():
+        return _empty_output(image.shape[-2:], task)
+    model = get_model(task.spec)
+    if task.spec.device == "cpu":
+        limit_torch_threads(threads_per_task())
+    normalized = model.info.normalization.apply(image)
+    normalized[:, empty | ~np.isfinite(normalized).all(axis=0)] = 0.0
+    proba = _model_probabilities(model, normalized, task, origin)
+    if task.output == "proba":
+        proba = proba.astype(np.float32, copy=False)
+        proba[:, empty] = np.nan
+        return proba
+    values = np.asarray(model.info.scheme.values, np.uint8)
+    classes = values[model.classify(proba)]
+    classes[empty] = model.info.scheme.nodata.value
+    return classes[None]

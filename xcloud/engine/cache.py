@@ -1,0 +1,66 @@
+"""Per-process model cache: each worker process loads a model once and reuses it.
+
+Tasks carry only a small :class:`ModelSpec` (names and paths); the model object itself never
+enters the task graph.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models.protocol import CloudModel
+
+__all__ = ["ModelSpec", "clear_cache", "get_model", "load_counts"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a task needs to find or load its model: hashable and cheap to pickle."""
+
+    name: str
+    weights: str | None = None
+    device: str = "cpu"
+    runtime: str = "auto"
+
+    @classmethod
+    def create(cls, name: str, *, weights: str | Path | None, device: str,
+               runtime: str) -> ModelSpec:
+        """Normalise paths so that equal files give equal keys."""
+        path = None if weights is None else str(Path(weights).expanduser().resolve())
+        return cls(name, path, device, runtime)
+
+
+_MODELS: dict[ModelSpec, CloudModel] = {}
+_LOADS: Counter[ModelSpec] = Counter()
+_LOCK = threading.Lock()
+
+
+def get_model(spec: ModelSpec) -> CloudModel:
+    """The model for ``spec``, loaded on first use in this process."""
+    model = _MODELS.get(spec)
+    if model is not None:
+        return model
+    with _LOCK:
+        if spec not in _MODELS:
+            from ..models.registry import get
+
+            _MODELS[spec] = get(spec.name).load(
+                weights=spec.weights, device=spec.device, runtime=spec.runtime
+            )
+            _LOADS[spec] += 1
+        return _MODELS[spec]
+
+
+def load_counts() -> dict[str, int]:
+    """How many times each model was loaded in this process (keys ``name|weights|device``)."""
+    return {f"{s.name}|{s.weights}|{s.device}|{s.runtime}": n for s, n in _LOADS.items()}
+
+
+def clear_cache() -> None:
+    """Forget loaded models (and the load counts)."""
+    with _LOCK:
+        _MODELS.clear()
+        _LOADS.clear()

@@ -1,0 +1,208 @@
+"""``predict``: a lazy, chunked, halo-trimmed cloud mask of a band cube."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.array.overlap import ensure_minimum_chunksize
+
+from ..data.inputs import band_cube, pixel_size, spatial_dims, to_reflectance
+from ..errors import ChunkSizeError
+from ..models.protocol import ModelInfo
+from ..models.registry import get
+from ..outputs.cf import mask_attrs, probability_attrs
+from .blocks import BlockTask, predict_block
+from .cache import ModelSpec
+from .device import resolve_device
+
+__all__ = ["DEFAULT_CHUNK", "predict"]
+
+DEFAULT_CHUNK = 2048
+_BOUNDARIES = ("reflect", "nearest", "periodic", "none")
+_OUTPUTS = ("class", "proba")
+
+
+def _halo_pixels(info: ModelInfo, zoom: float, halo: int | None) -> int:
+    if halo is not None:
+        if halo < 0:
+            raise ValueError(f"halo must be >= 0 input pixels, got {halo}")
+        return int(halo)
+    return math.ceil(info.halo / zoom)
+
+
+def _as_dask(array: xr.DataArray, chunk: int) -> da.Array:
+    data = array.data
+    if isinstance(data, da.Array):
+        return data
+    chunks = (1,) * (array.ndim - 3) + (-1, chunk, chunk)
+    return da.from_array(np.asarray(data), chunks=chunks)
+
+
+def _rechunk(array: da.Array, depth: int) -> da.Array:
+    """Time in chunks of 1, all bands in one chunk, spatial chunks no smaller than the halo."""
+    ychunks, xchunks = array.chunks[-2:]
+    if depth > min(array.shape[-2:]):
+        raise ChunkSizeError(
+            f"the halo of {depth} px is larger than the image ({array.shape[-2:]}); pass a "
+            "smaller halo= or a larger image"
+        )
+    ychunks = ensure_minimum_chunksize(depth, ychunks)
+    xchunks = ensure_minimum_chunksize(depth, xchunks)
+    return array.rechunk((1, -1, ychunks, xchunks))
+
+
+def _with_halo(chunks: tuple[int, ...], depth: int, boundary: str) -> tuple[int, ...]:
+    if boundary != "none":
+        return tuple(c + 2 * depth for c in chunks)
+    if len(chunks) == 1:
+        return chunks
+    inner = tuple(c + 2 * depth for c in chunks[1:-1])
+    return (chunks[0] + depth, *inner, chunks[-1] + depth)
+
+
+def _map_chunks(array: da.Array, task: BlockTask, depth: int, boundary: str) -> da.Array:
+    dtype = np.float32 if task.output == "proba" else np.uint8
+    ychunks, xchunks = array.chunks[-2:]
+    out_chunks = (
+        array.chunks[0],
+        (task.n_out,),
+        _with_halo(ychunks, depth, boundary),
+        _with_halo(xchunks, depth, boundary),
+    )
+    edge = "none" if boundary == "none" else boundary
+    return da.map_overlap(
+        predict_block,
+        array,
+        depth={0: 0, 1: 0, 2: depth, 3: depth},
+        boundary={0: "none", 1: "none", 2: edge, 3: edge},
+        trim=True,
+        allow_rechunk=False,
+        chunks=out_chunks,
+        dtype=dtype,
+        meta=np.empty((0, 0, 0, 0), dtype),
+        task=task,
+        token=f"xcloud-{task.spec.name}-{task.output}",
+    )
+
+
+def _wrap(result: da.Array, cube: xr.DataArray, info: ModelInfo, output: str,
+          had_time: bool) -> xr.DataArray:
+    ydim, xdim = spatial_dims(cube)
+    leading = [d for d in cube.dims if d not in ("band", ydim, xdim)] or ["time"]
+    coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
+    if output == "proba":
+        dims = [*leading, "class", ydim, xdim]
+        coords["class"] = list(info.scheme.names)
+        array = xr.DataArray(result, dims=dims, coords=coords, name="cloud_probability")
+        array.attrs.update(probability_attrs(info))
+    else:
+        array = xr.DataArray(result[:, 0], dims=[*leading, ydim, xdim], coords=coords,
+                             name="cloudmask")
+        array.attrs.update(mask_attrs(info))
+    if "spatial_ref" in cube.coords:
+        array.attrs["grid_mapping"] = "spatial_ref"
+    return array if had_time else array.isel({leading[0]: 0}, drop=True)
+
+
+def predict(
+    data: xr.Dataset | xr.DataArray,
+    *,
+    model: str = "ukis-6b-l1c",
+    weights: str | Path | None = None,
+    output: str = "class",
+    device: str = "auto",
+    runtime: str = "auto",
+    batch_size: int = 8,
+    halo: int | None = None,
+    boundary: str = "reflect",
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    nodata: float | None = None,
+    invalid: str = "raise",
+    resolution: float | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> xr.DataArray:
+    """Cloud mask (uint8 classes) or class probabilities (float32) of Sentinel-2 bands.
+
+    Parameters
+    ----------
+    data
+        Dataset with one variable per band (odc-stac layout) or DataArray with a ``band``
+        dimension; dims ``(y, x)`` or ``(time, y, x)``. Reflectance as floats, or integer
+        digital numbers together with ``scale``/``offset``.
+    model
+        Registry name, see :func:`xcloud.models.list`.
+    weights
+        Local weights file replacing the model's default.
+    output
+        ``"class"`` for the mask, ``"proba"`` for per-class probabilities (class, y, x).
+    device, runtime
+        ``"auto"`` uses CUDA when present; runtime ``"torch"`` or ``"onnxruntime"`` where the
+        model offers both.
+    batch_size
+        Tiles per model call.
+    halo, boundary
+        Context in input pixels that each chunk borrows from its neighbours (default: the
+        model's halo) and how the image edge is padded (``reflect``, ``nearest``,
+        ``periodic`` or ``none``).
+    tile_size, tile_overlap
+        Override the model's tile size and the overlap of tiles inside a chunk (model pixels).
+    nodata
+        Value that marks missing data when all bands have it (in the input's units).
+    invalid
+        ``"raise"`` (default) or ``"nodata"`` for pixels with NaN/inf in only some bands.
+    resolution
+        Input pixel size in metres when the coordinates do not tell it.
+    scale, offset
+        Convert integer digital numbers to reflectance: ``dn * scale + offset``.
+    chunk_size
+        Spatial chunk size used when the input is not already a Dask array.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy if the input is Dask-backed, computed otherwise; coordinates, ``spatial_ref`` and
+        CF flag attributes included. Pixels with no data get the scheme's no-data class.
+    """
+    if output not in _OUTPUTS:
+        raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+    if boundary not in _BOUNDARIES:
+        raise ValueError(f"boundary must be one of {_BOUNDARIES}, got {boundary!r}")
+    if invalid not in ("raise", "nodata"):
+        raise ValueError(f"invalid must be 'raise' or 'nodata', got {invalid!r}")
+    info = get(model).info
+    cube = band_cube(data, info.bands)
+    lazy = isinstance(cube.data, da.Array)
+    cube = to_reflectance(cube, scale=scale, offset=offset)
+    if nodata is not None and (scale is not None or offset is not None):
+        nodata = float(np.float32(nodata) * (1.0 if scale is None else scale)
+                       + (0.0 if offset is None else offset))
+    zoom = (resolution or pixel_size(cube, default=info.resolution)) / info.resolution
+    depth = _halo_pixels(info, zoom, halo)
+    had_time = cube.ndim == 4
+    if not had_time:
+        cube = cube.expand_dims("time")
+    array = _rechunk(_as_dask(cube, chunk_size), depth)
+    spec = ModelSpec.create(model, weights=weights, device=resolve_device(device),
+                            runtime=runtime)
+    task = BlockTask(
+        chunk_starts=tuple(tuple(np.cumsum((0, *c[:-1])).tolist()) for c in array.chunks[-2:]),
+        depth=depth,
+        halo_at_edges=boundary != "none",
+        spec=spec, output=output, zoom=zoom, batch_size=batch_size,
+        tile_size=info.tile_size if tile_size is None else tile_size,
+        tile_overlap=info.tile_overlap if tile_overlap is None else tile_overlap,
+        tile_anchor=info.tile_anchor, nodata=nodata, invalid=invalid,
+    )
+    result = _wrap(_map_chunks(array, task, depth, boundary), cube, info, output, had_time)
+    if lazy:
+        return result
+    with dask.config.set(scheduler="threads"):
+        return result.compute()

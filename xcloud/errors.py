@@ -1,0 +1,71 @@
+"""Exceptions and warnings raised by xcloud.
+
+Every error xcloud raises on purpose derives from :class:`XcloudError`, and every message says
+what the user can do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BandError",
+    "ChunkSizeError",
+    "InputDtypeError",
+    "InvalidReflectanceError",
+    "MissingBandError",
+    "MissingWeightsError",
+    "OptionalDependencyError",
+    "UnknownModelError",
+    "WeightsError",
+    "XcloudError",
+    "XcloudWarning",
+]
+
+
+class XcloudError(Exception):
+    """Base class of all xcloud errors."""
+
+
+class BandError(XcloudError, ValueError):
+    """The input bands cannot be matched to what the model needs."""
+
+
+class MissingBandError(BandError, KeyError):
+    """A band that the model needs is not in the input."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputDtypeError(XcloudError, TypeError):
+    """The input has a dtype that cannot be used as reflectance."""
+
+
+class InvalidReflectanceError(XcloudError, ValueError):
+    """The input holds values that are not physical reflectances (inf, NaN in some bands, DN)."""
+
+
+class UnknownModelError(XcloudError, KeyError):
+    """No model of that name is registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(XcloudError, ValueError):
+    """A weights file is corrupt, does not match its checksum or does not fit the model."""
+
+
+class MissingWeightsError(WeightsError, FileNotFoundError):
+    """The model needs a weights file that is not available."""
+
+
+class ChunkSizeError(XcloudError, ValueError):
+    """The chunking of the input cannot be processed as it is."""
+
+
+class OptionalDependencyError(XcloudError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class XcloudWarning(UserWarning):
+    """Base class of xcloud's warnings."""

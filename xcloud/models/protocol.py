@@ -1,0 +1,110 @@
+"""The small protocol every xcloud model follows, and the metadata that describes it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..data.bands import Band, band
+from .classes import ClassScheme
+
+__all__ = ["BaseCloudModel", "CloudModel", "ModelInfo", "Normalization"]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-band input normalisation applied to reflectance before the network.
+
+    ``kind`` is ``"standard"`` ((x - offset) / scale, offset = mean, scale = std),
+    ``"minmax"`` ((x - offset) / scale, offset = min, scale = max - min, then clipped to [0, 1])
+    or ``"none"``.
+    """
+
+    kind: str = "none"
+    offset: tuple[float, ...] = ()
+    scale: tuple[float, ...] = ()
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Normalise ``x`` of shape (..., bands, y, x) in float32."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.kind == "none":
+            return x
+        shape = (-1, 1, 1)
+        offset = np.asarray(self.offset, np.float32).reshape(shape)
+        scale = np.asarray(self.scale, np.float32).reshape(shape)
+        out = (x - offset) / scale
+        return np.clip(out, 0.0, 1.0) if self.kind == "minmax" else out
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine and users need to know about a model without loading it.
+
+    ``resolution`` is the ground sampling distance (m) the model was trained at; ``tile_size``
+    is its preferred tile in model pixels (``None`` for pixel models, which take any size);
+    ``tile_overlap`` the overlap between tiles and ``tile_anchor`` where the scene-wide tile
+    lattice starts (default ``-tile_overlap``); ``halo`` is the context (model pixels) each
+    chunk borrows from its neighbours.
+    """
+
+    name: str
+    version: str
+    bands: tuple[str, ...]
+    resolution: float
+    scheme: ClassScheme
+    normalization: Normalization = Normalization()
+    tile_size: int | None = 256
+    tile_overlap: int = 32
+    halo: int = 32
+    tile_anchor: int | None = None
+    level: str = "L1C"
+    licence: str = ""
+    weights_source: str = ""
+    needs_weights_file: bool = False
+    description: str = ""
+    references: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def band_info(self) -> tuple[Band, ...]:
+        """Full :class:`Band` records (wavelengths, native resolutions) of :attr:`bands`."""
+        return tuple(band(b) for b in self.bands)
+
+
+@runtime_checkable
+class CloudModel(Protocol):
+    """A loaded model: metadata, and float32 batches to class probabilities."""
+
+    info: ModelInfo
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Map normalised input (N, bands, H, W) float32 to probabilities (N, classes, H, W)."""
+        ...
+
+    def classify(self, proba: np.ndarray) -> np.ndarray:
+        """Map blended probabilities (classes, H, W) of one chunk to channel indices (H, W)."""
+        ...
+
+
+class BaseCloudModel:
+    """Convenience base class: argmax classification and the model's normalisation."""
+
+    info: ModelInfo
+
+    def normalize(self, reflectance: np.ndarray) -> np.ndarray:
+        """Apply :attr:`ModelInfo.normalization` to reflectance (..., bands, H, W)."""
+        return self.info.normalization.apply(reflectance)
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def classify(self, proba: np.ndarray) -> np.ndarray:
+        """Most probable channel per pixel."""
+        return np.argmax(proba, axis=0).astype(np.uint8)
+
+
+def band_tuple(names: Sequence[str]) -> tuple[str, ...]:
+    """Canonical names of ``names`` (validates them)."""
+    return tuple(band(n).name for n in names)

@@ -1,0 +1,137 @@
+"""The model registry: built-in models plus those other packages register by entry point.
+
+A third-party package registers models in its ``pyproject.toml``::
+
+    [project.entry-points."xcloud.models"]
+    my-model = "my_package.models:MY_MODEL_ENTRY"
+
+where the object is a :class:`ModelEntry` (or a callable returning one or a list of them).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from ..errors import UnknownModelError, WeightsError
+from .protocol import CloudModel, ModelInfo
+
+__all__ = ["ENTRY_POINT_GROUP", "ModelEntry", "get", "list_models", "load", "register", "sha256"]
+
+ENTRY_POINT_GROUP = "xcloud.models"
+
+Loader = Callable[..., CloudModel]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its metadata and how to load it.
+
+    ``loader(weights=..., device=..., runtime=...)`` returns a :class:`CloudModel`.
+    ``sha256`` is the checksum of the default weights file, verified before loading.
+    """
+
+    info: ModelInfo
+    loader: Loader
+    sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The registry name."""
+        return self.info.name
+
+    def load(self, *, weights: str | Path | None = None, device: str = "cpu",
+             runtime: str = "auto") -> CloudModel:
+        """Load the model (use :func:`xcloud.engine.get_model` to reuse it within a process)."""
+        return self.loader(weights=weights, device=device, runtime=runtime)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_LOCK = threading.Lock()
+_STATE = {"entry_points_loaded": False, "builtins_loaded": False}
+
+
+def register(entry: ModelEntry, *, overwrite: bool = False) -> ModelEntry:
+    """Add ``entry`` to the registry (refuses to replace an existing name unless ``overwrite``)."""
+    with _LOCK:
+        if entry.name in _REGISTRY and not overwrite and _REGISTRY[entry.name] is not entry:
+            raise ValueError(
+                f"a model named {entry.name!r} is already registered; pass overwrite=True to "
+                "replace it"
+            )
+        _REGISTRY[entry.name] = entry
+    return entry
+
+
+def _entries_from(obj: object) -> Iterable[ModelEntry]:
+    if isinstance(obj, ModelEntry):
+        return [obj]
+    if callable(obj):
+        return _entries_from(obj())
+    if isinstance(obj, Iterable):
+        return [e for item in obj for e in _entries_from(item)]
+    raise TypeError(f"entry point gave {obj!r}, not a ModelEntry")
+
+
+def _load_plugins() -> None:
+    if not _STATE["builtins_loaded"]:
+        _STATE["builtins_loaded"] = True
+        from . import s2cloudless, ukis  # noqa: F401  (modules register themselves)
+    if _STATE["entry_points_loaded"]:
+        return
+    _STATE["entry_points_loaded"] = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        for entry in _entries_from(point.load()):
+            register(entry, overwrite=True)
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> ModelEntry:
+    """The :class:`ModelEntry` registered as ``name``."""
+    _load_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"no model named {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}. "
+            "Run `xcloud models` to list them with their bands."
+        ) from None
+
+
+def load(name: str, *, weights: str | Path | None = None, device: str = "cpu",
+         runtime: str = "auto") -> CloudModel:
+    """Load the model registered as ``name``."""
+    return get(name).load(weights=weights, device=device, runtime=runtime)
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | Path, expected: str | None) -> None:
+    """Raise :class:`WeightsError` unless ``path`` has the sha256 ``expected`` (if given)."""
+    if expected is None:
+        return
+    actual = sha256(path)
+    if actual != expected:
+        raise WeightsError(
+            f"weights file {path} has sha256 {actual}, expected {expected}; the file is corrupt "
+            "or not the published one: reinstall the package that ships it"
+        )
