@@ -92,11 +92,11 @@ def to_reflectance(cube: xr.DataArray, *, scale: float | None,
 def pixel_size(cube: xr.DataArray, *, default: float) -> float:
     """Ground pixel size (m) from the x coordinate; ``default`` (with a warning) if unknown."""
     _, xdim = spatial_dims(cube)
-    coord = cube.coords.get(xdim)
     crs = _crs(cube)
-    if coord is not None and coord.size > 1 and (crs is None or crs.is_projected):
-        step = float(abs(coord.values[1] - coord.values[0]))
-        if crs is not None or step >= 1.0:
+    if xdim in cube.coords and cube.sizes[xdim] > 1 and (crs is None or crs.is_projected):
+        values = cube[xdim].values
+        step = float(abs(values[1] - values[0]))
+        if crs is not None or step > 1.0:  # without a CRS, 1 may be a pixel index
             return step
     warnings.warn(
         f"cannot tell the pixel size from the input's coordinates; assuming the model's "

@@ -12,7 +12,6 @@ import xarray as xr
 from dask.array.overlap import ensure_minimum_chunksize
 
 from ..data.inputs import band_cube, pixel_size, spatial_dims, to_reflectance
-from ..errors import ChunkSizeError
 from ..models.protocol import ModelInfo
 from ..models.registry import get
 from ..outputs.cf import mask_attrs, probability_attrs
@@ -46,11 +45,6 @@ def _as_dask(array: xr.DataArray, chunk: int) -> da.Array:
 def _rechunk(array: da.Array, depth: int) -> da.Array:
     """Time in chunks of 1, all bands in one chunk, spatial chunks no smaller than the halo."""
     ychunks, xchunks = array.chunks[-2:]
-    if depth > min(array.shape[-2:]):
-        raise ChunkSizeError(
-            f"the halo of {depth} px is larger than the image ({array.shape[-2:]}); pass a "
-            "smaller halo= or a larger image"
-        )
     ychunks = ensure_minimum_chunksize(depth, ychunks)
     xchunks = ensure_minimum_chunksize(depth, xchunks)
     return array.rechunk((1, -1, ychunks, xchunks))
@@ -189,6 +183,8 @@ def predict(
     had_time = cube.ndim == 4
     if not had_time:
         cube = cube.expand_dims("time")
+    # a halo wider than the image would only add mirrored pixels, which tiling adds anyway
+    depth = min(depth, *cube.shape[-2:])
     array = _rechunk(_as_dask(cube, chunk_size), depth)
     spec = ModelSpec.create(model, weights=weights, device=resolve_device(device),
                             runtime=runtime)
