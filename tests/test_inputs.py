@@ -35,7 +35,7 @@ def test_time_dim_comes_first(scene):
 
 def test_integers_need_scale():
     cube = xr.DataArray(np.full((1, 2, 2), 1200, np.uint16), dims=("band", "y", "x"))
-    with pytest.raises(InputDtypeError, match="scale=0.0001"):
+    with pytest.raises(InputDtypeError, match=r"scale=0\.0001"):
         to_reflectance(cube, scale=None, offset=None)
     out = to_reflectance(cube, scale=1e-4, offset=-0.1)
     assert out.dtype == np.float32

@@ -1,0 +1,65 @@
+"""The model registry and its entry-point group."""
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import xcloud
+from xcloud.errors import UnknownModelError
+from xcloud.models import registry
+
+
+def test_builtin_models_are_listed_with_metadata():
+    names = xcloud.models.list()
+    assert {"ukis-4b-l1c", "ukis-4b-l2a", "ukis-6b-l1c", "ukis-6b-l2a", "s2cloudless"} <= set(names)
+    info = xcloud.models.get("ukis-6b-l2a").info
+    assert info.bands == ("B02", "B03", "B04", "B08", "B11", "B12")
+    assert info.band_info[0].wavelength_min == 459
+    assert info.licence == "Apache-2.0" and info.resolution == 30
+    assert xcloud.models.get("ukis-6b-l2a").sha256
+
+
+def test_unknown_name():
+    with pytest.raises(UnknownModelError, match="Available"):
+        xcloud.models.get("kappamask-l9")
+
+
+def test_checksum_mismatch_is_refused(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"not the published weights")
+    with pytest.raises(xcloud.errors.WeightsError, match="sha256"):
+        registry.verify_checksum(path, "0" * 64)
+
+
+def test_entry_point_plugins_are_registered(tmp_path, monkeypatch, scene):
+    package = tmp_path / "plugin_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent('''
+        import numpy as np
+        from xcloud.models import ModelEntry, ModelInfo, BaseCloudModel
+        from xcloud.models.classes import S2CLOUDLESS_SCHEME
+
+        INFO = ModelInfo("bright-is-cloud", "1", ("B02",), 10.0, S2CLOUDLESS_SCHEME,
+                         tile_size=None, halo=0)
+
+        class Bright(BaseCloudModel):
+            info = INFO
+            def predict_proba(self, batch):
+                cloud = (batch[:, :1] > 0.3).astype(np.float32)
+                return np.concatenate([1 - cloud, cloud], axis=1)
+
+        ENTRY = ModelEntry(INFO, lambda **kwargs: Bright())
+    '''))
+    dist = tmp_path / "plugin_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[xcloud.models]\nbright = plugin_pkg:ENTRY\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry._STATE, "entry_points_loaded", False)
+    assert "bright-is-cloud" in xcloud.models.list()
+    mask = scene.cloudmask.predict(model="bright-is-cloud")
+    np.testing.assert_array_equal(mask.values, (scene["B02"].values > 0.3).astype(np.uint8))
+    registry._REGISTRY.pop("bright-is-cloud")
+    sys.modules.pop("plugin_pkg", None)
