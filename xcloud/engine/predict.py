@@ -111,7 +111,7 @@ def predict(
     output: str = "class",
     device: str = "auto",
     runtime: str = "auto",
-    batch_size: int = 8,
+    batch_size: int = 4,
     halo: int | None = None,
     boundary: str = "reflect",
     tile_size: int | None = None,

@@ -122,6 +122,7 @@ class UkisModel(BaseCloudModel):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads_per_task()
         options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False  # give activations back between chunks
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
