@@ -76,8 +76,8 @@ def _nodata_mask(image: np.ndarray, task: BlockTask) -> np.ndarray:
                 "but not all; fill them, or pass invalid='nodata' to mark them as no data"
             )
         empty |= broken
-    valid = image[:, ~empty]
-    if valid.size and np.count_nonzero(valid > _DN_LIKE) > valid.size // 2:
+    valid_values = image.shape[0] * int(np.count_nonzero(~empty))
+    if valid_values and np.count_nonzero(image > _DN_LIKE) > valid_values // 2:
         raise InvalidReflectanceError(
             "most values exceed a reflectance of 2: the input looks like unscaled digital numbers; "
             "pass scale=0.0001 (and offset=-0.1 from processing baseline 04.00) or use "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -89,13 +88,9 @@ class CloudModel(Protocol):
 
 
 class BaseCloudModel:
-    """Convenience base class: argmax classification and the model's normalisation."""
+    """Convenience base class: argmax classification."""
 
     info: ModelInfo
-
-    def normalize(self, reflectance: np.ndarray) -> np.ndarray:
-        """Apply :attr:`ModelInfo.normalization` to reflectance (..., bands, H, W)."""
-        return self.info.normalization.apply(reflectance)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -104,7 +99,3 @@ class BaseCloudModel:
         """Most probable channel per pixel."""
         return np.argmax(proba, axis=0).astype(np.uint8)
 
-
-def band_tuple(names: Sequence[str]) -> tuple[str, ...]:
-    """Canonical names of ``names`` (validates them)."""
-    return tuple(band(n).name for n in names)
