@@ -83,3 +83,11 @@ def test_wrong_weights_file_is_refused(tmp_path):
     four_band = get("ukis-4b-l1c").load(runtime="onnxruntime").weights
     with pytest.raises(WeightsError, match="does not match"):
         get("ukis-6b-l1c").load(weights=four_band, runtime="onnxruntime")
+
+
+def test_torch_runtime_refuses_mismatched_weights():
+    from xcloud.errors import WeightsError
+
+    four_band = get("ukis-4b-l1c").load(runtime="onnxruntime").weights
+    with pytest.raises(WeightsError, match="does not match"):
+        get("ukis-6b-l1c").load(weights=four_band, runtime="torch")

@@ -56,8 +56,8 @@ def band_cube(data: xr.Dataset | xr.DataArray, bands: Sequence[str]) -> xr.DataA
                 "or pass a Dataset with one variable per band"
             )
         ydim, xdim = spatial_dims(data)
-        names = match_bands(_band_labels(data), bands)
         labels = _band_labels(data)
+        names = match_bands(labels, bands)
         cube = data.isel(band=[labels.index(n) for n in names])
     else:
         raise TypeError(f"expected an xarray Dataset or DataArray, got {type(data).__name__}")

@@ -134,7 +134,7 @@ def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int]) 
     if task.spec.device == "cpu":
         limit_torch_threads(threads_per_task())
     normalized = model.info.normalization.apply(image)
-    normalized[:, empty | ~np.isfinite(normalized).all(axis=0)] = 0.0
+    normalized[:, empty] = 0.0  # non-finite pixels are in `empty` (or raised) by now
     proba = _model_probabilities(model, normalized, task, origin)
     if task.output == "proba":
         proba = proba.astype(np.float32, copy=False)

@@ -68,12 +68,11 @@ def _map_chunks(array: da.Array, task: BlockTask, depth: int, boundary: str) -> 
         _with_halo(ychunks, depth, boundary),
         _with_halo(xchunks, depth, boundary),
     )
-    edge = "none" if boundary == "none" else boundary
     return da.map_overlap(
         predict_block,
         array,
         depth={0: 0, 1: 0, 2: depth, 3: depth},
-        boundary={0: "none", 1: "none", 2: edge, 3: edge},
+        boundary={0: "none", 1: "none", 2: boundary, 3: boundary},
         trim=True,
         allow_rechunk=False,
         chunks=out_chunks,

@@ -20,16 +20,16 @@ __all__ = ["check_onnx_signature", "efficientnet_unet_from_onnx"]
 _PREFIX = "model."
 
 
-def check_onnx_signature(graph, *, in_channels: int, classes: int) -> None:
-    """Raise :class:`WeightsError` unless the graph has one input and one output as expected."""
-    inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
-    if len(inputs) != 1 or len(graph.output) != 1:
+def check_onnx_signature(session, *, in_channels: int, classes: int) -> None:
+    """Raise :class:`WeightsError` unless an onnxruntime session maps
+    (N, in_channels, H, W) to (N, classes, H, W)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
         raise WeightsError(
             f"expected an ONNX graph with one input and one output, got {len(inputs)} inputs and "
-            f"{len(graph.output)} outputs; is this the right weights file?"
+            f"{len(outputs)} outputs; is this the right weights file?"
         )
-    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
-    out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    dims, out = list(inputs[0].shape), list(outputs[0].shape)
     if len(dims) != 4 or dims[1] != in_channels or len(out) != 4 or out[1] != classes:
         raise WeightsError(
             f"ONNX graph takes {dims} and gives {out}; expected (N, {in_channels}, H, W) -> "

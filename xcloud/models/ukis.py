@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .._optional import import_optional
-from ..errors import MissingWeightsError
+from ..errors import MissingWeightsError, WeightsError
 from .classes import UKIS_SCHEME
 from .protocol import BaseCloudModel, ModelInfo, Normalization
 from .registry import ModelEntry, register, verify_checksum
@@ -107,17 +107,22 @@ class UkisModel(BaseCloudModel):
         if self.runtime == "torch":
             from ._onnx_import import efficientnet_unet_from_onnx
 
-            return _TorchRunner(efficientnet_unet_from_onnx(self.weights), self.device)
+            network = efficientnet_unet_from_onnx(self.weights)
+            shape = (network.config.in_channels, network.config.classes)
+            if shape != (len(self.info.bands), 3):
+                raise WeightsError(
+                    f"{self.weights} maps {shape[0]} bands to {shape[1]} classes; "
+                    f"{self.info.name} needs {len(self.info.bands)} bands and 3 classes. "
+                    "The weights file does not match the model."
+                )
+            return _TorchRunner(network, self.device)
         raise ValueError(f"runtime must be 'auto', 'torch' or 'onnxruntime', not {self.runtime!r}")
 
     def _onnx_session(self):
         ort = import_optional("onnxruntime", extra="ukis")
-        onnx = import_optional("onnx", extra="ukis")
         from ..engine.device import threads_per_task
         from ._onnx_import import check_onnx_signature
 
-        graph = onnx.load(str(self.weights), load_external_data=False).graph
-        check_onnx_signature(graph, in_channels=len(self.info.bands), classes=3)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads_per_task()
         options.inter_op_num_threads = 1
@@ -125,7 +130,9 @@ class UkisModel(BaseCloudModel):
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
-        return ort.InferenceSession(str(self.weights), options, providers=providers)
+        session = ort.InferenceSession(str(self.weights), options, providers=providers)
+        check_onnx_signature(session, in_channels=len(self.info.bands), classes=3)
+        return session
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Softmax class probabilities (N, 3, H, W) for normalised input (N, bands, H, W)."""
