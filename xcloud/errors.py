@@ -13,7 +13,10 @@ __all__ = [
     "InvalidReflectanceError",
     "MissingBandError",
     "MissingWeightsError",
+    "NoItemsError",
     "OptionalDependencyError",
+    "RadiometryError",
+    "StacError",
     "UnknownModelError",
     "WeightsError",
     "XcloudError",
@@ -65,6 +68,18 @@ class ChunkSizeError(XcloudError, ValueError):
 
 class OptionalDependencyError(XcloudError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class StacError(XcloudError, RuntimeError):
+    """A STAC catalogue or API could not be searched or its items could not be used."""
+
+
+class NoItemsError(StacError, LookupError):
+    """A search or a load got no items."""
+
+
+class RadiometryError(XcloudError, ValueError):
+    """Digital numbers cannot be turned into reflectance with the metadata at hand."""
 
 
 class XcloudWarning(UserWarning):
