@@ -106,6 +106,7 @@ def test_known_dn_loads_as_expected_reflectance(relative, keys, offset, tmp_path
 
 
 def test_load_is_lazy_and_keeps_the_grid(tmp_path):
+    pytest.importorskip("rioxarray")
     relative, keys, _ = PROVIDERS[4]
     document = localize(real_items(relative)[0], keys, tmp_path)
     data = load([document], bands=["B04", "B11"], resolution=10, chunks=8)

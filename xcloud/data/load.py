@@ -210,17 +210,19 @@ def _read(group: list[Any], names: list[str], plan: _LoadPlan, factor: int) -> x
 
 def _to_reflectance(raw: xr.DataArray, radiometry: Radiometry) -> Any:
     data = raw.data
-    if radiometry.is_class_layer:
-        return data
+    if radiometry.is_class_layer:  # read as float where the item does not give a data type
+        if np.issubdtype(data.dtype, np.floating):
+            data = _where(data == data, data, radiometry.nodata)
+        return data.astype(np.uint8)
     valid = data != radiometry.nodata
     values = data.astype(np.float32) * np.float32(radiometry.scale) + np.float32(radiometry.offset)
-    return _where(valid, values)
+    return _where(valid, values, np.float32(np.nan))
 
 
-def _where(valid: Any, values: Any) -> Any:
+def _where(valid: Any, values: Any, other: Any) -> Any:
     import dask.array as da
 
-    return da.where(valid, values, np.float32(np.nan)).astype(np.float32)
+    return da.where(valid, values, other).astype(values.dtype)
 
 
 def _to_output_grid(raw: xr.DataArray, radiometry: Radiometry, factor: int,

@@ -12,6 +12,7 @@ import xarray as xr
 from dask.array.overlap import ensure_minimum_chunksize
 
 from ..data.inputs import band_cube, pixel_size, spatial_dims, to_reflectance
+from ..data.load import SOURCE_ITEMS_ATTR
 from ..models.protocol import ModelInfo
 from ..models.registry import get
 from ..outputs.cf import mask_attrs, probability_attrs
@@ -197,6 +198,8 @@ def predict(
         tile_anchor=info.tile_anchor, nodata=nodata, invalid=invalid,
     )
     result = _wrap(_map_chunks(array, task, depth, boundary), cube, info, output, had_time)
+    if SOURCE_ITEMS_ATTR in data.attrs:
+        result.attrs[SOURCE_ITEMS_ATTR] = list(data.attrs[SOURCE_ITEMS_ATTR])
     if lazy:
         return result
     with dask.config.set(scheduler="threads"):
