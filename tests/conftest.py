@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,14 @@ import xarray as xr
 
 import xcloud  # noqa: F401  (registers the accessor)
 from xcloud.synthetic import synthetic_scene
+
+from .stac_server import (
+    REQUIRE_ENV,
+    StacApiServer,
+    StacApiServerError,
+    server_required,
+    server_unavailable_reason,
+)
 
 UKIS_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 
@@ -53,3 +62,31 @@ def reference_labels(labelled_patch) -> np.ndarray:
 def scene() -> xr.Dataset:
     """A generated 13-band 10 m scene (192 x 192 px) with CRS and coordinates."""
     return synthetic_scene(192, seed=1)
+
+
+def start_stac_api() -> StacApiServer:
+    """A started test STAC API server; skips with the reason, fails if $XCLOUD_REQUIRE_STAC_SERVER.
+
+    The caller stops it (``server.stop()``).
+    """
+    reason = server_unavailable_reason()
+    if reason is None:
+        try:
+            return StacApiServer().start()
+        except StacApiServerError as exc:
+            reason = f"the test STAC API server did not start: {exc}"
+    if server_required():
+        pytest.fail(f"{reason} ({REQUIRE_ENV} is set)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def stac_api() -> Iterator[StacApiServer]:
+    """A real STAC API (stac-fastapi-pgstac) on 127.0.0.1, shared by the session.
+
+    ``stac_api.url`` for pystac-client; ``stac_api.ingest(collections, items)`` upserts. Other
+    tests use the same server: give collections unique ids and search within them.
+    """
+    server = start_stac_api()
+    yield server
+    server.stop()
