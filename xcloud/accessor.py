@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
+
+if TYPE_CHECKING:
+    from .outputs.zarr import ZarrWriteSummary
 
 __all__ = ["CloudMaskAccessor"]
 
@@ -12,7 +16,8 @@ __all__ = ["CloudMaskAccessor"]
 class CloudMaskAccessor:
     """``obj.cloudmask.predict(model=...)``: cloud masks of Sentinel-2 bands.
 
-    The accessor holds nothing but the object it was reached from.
+    ``mask.cloudmask.to_zarr(store)`` writes a mask to Zarr. The accessor holds nothing but
+    the object it was reached from.
     """
 
     def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
@@ -23,6 +28,12 @@ class CloudMaskAccessor:
         from .engine.predict import predict
 
         return predict(self._obj, **kwargs)
+
+    def to_zarr(self, store: str | os.PathLike[str], **kwargs: Any) -> ZarrWriteSummary:
+        """Write this mask with :func:`xcloud.outputs.to_zarr`; see it for the keyword arguments."""
+        from .outputs.zarr import to_zarr
+
+        return to_zarr(self._obj, store, **kwargs)
 
 
 xr.register_dataset_accessor("cloudmask")(CloudMaskAccessor)

@@ -21,6 +21,7 @@ __all__ = [
     "WeightsError",
     "XcloudError",
     "XcloudWarning",
+    "ZarrStoreError",
 ]
 
 
@@ -80,6 +81,10 @@ class NoItemsError(StacError, LookupError):
 
 class RadiometryError(XcloudError, ValueError):
     """Digital numbers cannot be turned into reflectance with the metadata at hand."""
+
+
+class ZarrStoreError(XcloudError, ValueError):
+    """A Zarr store cannot take this write (other data in it, another format, not local)."""
 
 
 class XcloudWarning(UserWarning):

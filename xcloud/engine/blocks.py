@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ class BlockTask:
     nodata: float | None
     invalid: str
     chunk_starts: tuple[tuple[int, ...], tuple[int, ...]] = ((0,), (0,))
+    chunk_stops: tuple[tuple[int, ...], tuple[int, ...]] = ((0,), (0,))
     depth: int = 0
     halo_at_edges: bool = True
 
@@ -50,17 +52,24 @@ def predict_block(block: np.ndarray, task: BlockTask,
 
     ``block_info`` (given by Dask) locates the chunk, so that tiles follow the scene lattice.
     """
-    origin = (0, 0)
+    origin, core = (0, 0), None
     if block_info and None in block_info:
         _, _, row, column = block_info[None]["chunk-location"]
         origin = (_chunk_origin(task, 0, row), _chunk_origin(task, 1, column))
-    return np.stack([_predict_image(image, task, origin) for image in block])
+        core = (_core(task, 0, row, origin[0]), _core(task, 1, column, origin[1]))
+    return np.stack([_predict_image(image, task, origin, core) for image in block])
 
 
 def _chunk_origin(task: BlockTask, axis: int, index: int) -> int:
     """Scene row/column of the first pixel of a chunk with its halo."""
     has_halo = index > 0 or task.halo_at_edges
     return task.chunk_starts[axis][index] - (task.depth if has_halo else 0)
+
+
+def _core(task: BlockTask, axis: int, index: int, origin: int) -> tuple[int, int]:
+    """Rows/columns of the chunk itself (without halo) in the block's pixels."""
+    start = task.chunk_starts[axis][index]
+    return start - origin, task.chunk_stops[axis][index] - origin
 
 
 def _nodata_mask(image: np.ndarray, task: BlockTask) -> np.ndarray:
@@ -94,9 +103,20 @@ def _empty_output(shape: tuple[int, int], task: BlockTask) -> np.ndarray:
 
 
 def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Area-average to a coarser grid, bilinear to a finer one."""
-    if tuple(array.shape[-2:]) == tuple(shape):
+    """Area-average to a coarser grid, bilinear to a finer one (pixel centres, edges clamped).
+
+    Integer factors use xcloud's numba kernels, other ratios torch's ``interpolate``.
+    """
+    height, width = array.shape[-2:]
+    if (height, width) == tuple(shape):
         return array
+    from ..data.resample import downsample_mean, upsample_bilinear
+
+    down, up = height // shape[0], shape[0] // height
+    if (shape[0] * down, shape[1] * down) == (height, width):
+        return downsample_mean(array, down)
+    if (height * up, width * up) == tuple(shape):
+        return upsample_bilinear(array, up)
     import torch
     import torch.nn.functional as F
 
@@ -109,8 +129,17 @@ def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out[0].numpy()
 
 
+def _model_region(core: tuple[tuple[int, int], tuple[int, int]] | None,
+                  zoom: float) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The core in model pixels, one pixel wider for the resampling back to the input grid."""
+    if core is None:
+        return None
+    return tuple((math.floor(a * zoom) - 1, math.ceil(b * zoom) + 1) for a, b in core)
+
+
 def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
-                         origin: tuple[int, int]) -> np.ndarray:
+                         origin: tuple[int, int],
+                         core: tuple[tuple[int, int], tuple[int, int]] | None) -> np.ndarray:
     height, width = image.shape[-2:]
     model_shape = (max(1, round(height * task.zoom)), max(1, round(width * task.zoom)))
     resampled = _resize(image, model_shape)
@@ -122,11 +151,13 @@ def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
         batch_size=task.batch_size,
         anchor=task.tile_anchor,
         origin=(round(origin[0] * task.zoom), round(origin[1] * task.zoom)),
+        region=_model_region(core, task.zoom),
     )
     return _resize(proba, (height, width))
 
 
-def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int]) -> np.ndarray:
+def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
+                   core: tuple[tuple[int, int], tuple[int, int]] | None = None) -> np.ndarray:
     empty = _nodata_mask(image, task)
     if empty.all():
         return _empty_output(image.shape[-2:], task)
@@ -135,7 +166,7 @@ def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int]) 
         limit_torch_threads(threads_per_task())
     normalized = model.info.normalization.apply(image)
     normalized[:, empty] = 0.0  # non-finite pixels are in `empty` (or raised) by now
-    proba = _model_probabilities(model, normalized, task, origin)
+    proba = _model_probabilities(model, normalized, task, origin, core)
     if task.output == "proba":
         proba = proba.astype(np.float32, copy=False)
         proba[:, empty] = np.nan

@@ -32,7 +32,7 @@ def _halo_pixels(info: ModelInfo, zoom: float, halo: int | None) -> int:
         if halo < 0:
             raise ValueError(f"halo must be >= 0 input pixels, got {halo}")
         return int(halo)
-    return math.ceil(info.halo / zoom)
+    return math.ceil(info.context / zoom)
 
 
 def _as_dask(array: xr.DataArray, chunk: int) -> da.Array:
@@ -190,6 +190,7 @@ def predict(
                             runtime=runtime)
     task = BlockTask(
         chunk_starts=tuple(tuple(np.cumsum((0, *c[:-1])).tolist()) for c in array.chunks[-2:]),
+        chunk_stops=tuple(tuple(np.cumsum(c).tolist()) for c in array.chunks[-2:]),
         depth=depth,
         halo_at_edges=boundary != "none",
         spec=spec, output=output, zoom=zoom, batch_size=batch_size,

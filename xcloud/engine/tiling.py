@@ -50,6 +50,11 @@ def blend_window(height: int, width: int, overlap: int) -> np.ndarray:
     return np.outer(_ramp(height, overlap), _ramp(width, overlap))
 
 
+def _touching(starts: list[int], tile: int, span: tuple[int, int]) -> list[int]:
+    kept = [start for start in starts if start < span[1] and start + tile > span[0]]
+    return kept or starts[:1]
+
+
 def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
     for index in range(0, len(items), size):
         yield items[index:index + size]
@@ -57,12 +62,15 @@ def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int
 
 def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None,
                   overlap: int, batch_size: int, anchor: int | None = None,
-                  origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+                  origin: tuple[int, int] = (0, 0),
+                  region: tuple[tuple[int, int], tuple[int, int]] | None = None) -> np.ndarray:
     """Blended class probabilities (classes, H, W) of a normalised image (bands, H, W).
 
     ``origin`` is the (row, column) of the image's first pixel in the whole scene, in the
     same pixels, so that tiles follow the scene-wide lattice of :func:`tile_starts`; tiles
     that reach past the image see it mirrored (symmetric padding), as at a scene edge.
+    ``region`` (``((row0, row1), (col0, col1))``) restricts the work to the tiles that touch
+    it (a chunk's core inside its halo); probabilities outside it are then partial.
     """
     if tile_size is None:  # pixel models take the whole chunk at once
         return model.predict_proba(image[None])[0]
@@ -70,6 +78,9 @@ def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None
     anchor = -overlap if anchor is None else anchor
     rows = tile_starts(image.shape[-2], tile_size, stride, anchor, origin[0])
     cols = tile_starts(image.shape[-1], tile_size, stride, anchor, origin[1])
+    if region is not None:
+        rows = _touching(rows, tile_size, region[0])
+        cols = _touching(cols, tile_size, region[1])
     before = (max(0, -rows[0]), max(0, -cols[0]))
     after = (max(0, rows[-1] + tile_size - image.shape[-2]),
              max(0, cols[-1] + tile_size - image.shape[-1]))
@@ -90,4 +101,5 @@ def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None
     assert total is not None
     core = (slice(None), slice(before[0], before[0] + image.shape[-2]),
             slice(before[1], before[1] + image.shape[-1]))
-    return total[core] / weight_sum[core[1:]]
+    covered = np.maximum(weight_sum[core[1:]], _MIN_WEIGHT)
+    return total[core] / covered

@@ -46,7 +46,9 @@ class ModelInfo:
     is its preferred tile in model pixels (``None`` for pixel models, which take any size);
     ``tile_overlap`` the overlap between tiles and ``tile_anchor`` where the scene-wide tile
     lattice starts (default ``-tile_overlap``); ``halo`` is the context (model pixels) each
-    chunk borrows from its neighbours.
+    chunk borrows from its neighbours, by default (``None``) the tile size plus 2: every tile
+    that touches a chunk then lies inside the chunk's halo, so chunked results equal
+    whole-image results exactly.
     """
 
     name: str
@@ -57,7 +59,7 @@ class ModelInfo:
     normalization: Normalization = Normalization()
     tile_size: int | None = 256
     tile_overlap: int = 32
-    halo: int = 32
+    halo: int | None = None
     tile_anchor: int | None = None
     level: str = "L1C"
     licence: str = ""
@@ -65,6 +67,13 @@ class ModelInfo:
     needs_weights_file: bool = False
     description: str = ""
     references: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def context(self) -> int:
+        """Halo in model pixels: ``halo`` or, by default, what makes chunking exact."""
+        if self.halo is not None:
+            return self.halo
+        return self.tile_size + 2 if self.tile_size else 0
 
     @property
     def band_info(self) -> tuple[Band, ...]:

@@ -1,0 +1,639 @@
+"""Resampling kernels (numba) between the band grids and the model grid, eager and lazy.
+
+Upsampling by an integer factor (bands of 20/60 m onto a 10 m grid, masks onto a finer grid):
+:func:`upsample_bilinear`, :func:`upsample_sinc` (Blackman-windowed sinc, as KappaMask resamples
+its 20/60 m bands) and :func:`upsample_nearest`. Downsampling by an integer factor (masks onto a
+coarser grid): :func:`downsample_majority` for classes and :func:`downsample_mean` for
+probabilities. :func:`resample_dask` runs any of them chunk by chunk on a Dask array with the same
+result as on the whole array; :func:`resample_dataarray` also moves the x/y coordinates.
+
+Grid convention: pixel centres (``align_corners=False``). Upsampling by ``factor``, fine pixel
+``i`` sits at coarse coordinate ``(i + 0.5) / factor - 0.5``; downsampling by ``factor``, coarse
+pixel ``j`` covers fine pixels ``j * factor`` to ``j * factor + factor - 1`` (a partial block at
+the right/bottom edge uses the pixels present). All functions work on the last two axes
+``(..., y, x)``. Float results are float32, summed in float64 (a constant stays exactly
+constant). The kernels are serial and release the GIL: Dask threads run them in parallel.
+
+This module imports numba; the package imports it only when resampling is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numba
+import numpy as np
+
+if TYPE_CHECKING:
+    import dask.array
+    import xarray as xr
+
+__all__ = [
+    "DOWNSAMPLING_METHODS",
+    "UPSAMPLING_METHODS",
+    "downsample_majority",
+    "downsample_mean",
+    "resample_dask",
+    "resample_dataarray",
+    "upsample_bilinear",
+    "upsample_nearest",
+    "upsample_sinc",
+]
+
+UPSAMPLING_METHODS = ("bilinear", "sinc", "nearest")
+DOWNSAMPLING_METHODS = ("majority", "mean")
+
+_jit = numba.njit(cache=True, nogil=True)
+# helpers inlined at numba IR level: called through LLVM, their loops vectorise much worse
+_inline = numba.njit(cache=True, nogil=True, inline="always")
+
+# --------------------------------------------------------------------------------------------
+# numba kernels; arrays are stacks (n, y, x) of C-contiguous images
+# --------------------------------------------------------------------------------------------
+
+
+@_inline
+def _axpy2(dst: np.ndarray, a: np.ndarray, wa: float, b: np.ndarray, wb: float,
+           overwrite: bool) -> None:
+    """``dst = wa * a + wb * b`` or ``dst += wa * a + wb * b`` over the length of ``dst``."""
+    if overwrite:
+        for x in range(dst.shape[0]):
+            dst[x] = wa * a[x] + wb * b[x]
+    else:
+        for x in range(dst.shape[0]):
+            dst[x] += wa * a[x] + wb * b[x]
+
+
+@_inline
+def _scatter_phase(src: np.ndarray, dst_row: np.ndarray, phase: int, factor: int) -> None:
+    """``dst_row[c * factor + phase] = src[c]`` for every ``c`` that lands inside ``dst_row``."""
+    dst = dst_row[phase:]
+    for c in range(min(src.shape[0], (dst.shape[0] + factor - 1) // factor)):
+        dst[c * factor] = src[c]
+
+
+@_inline
+def _vertical_taps(image: np.ndarray, first: int, weights: np.ndarray, row: np.ndarray,
+                   pad: int) -> None:
+    """Weighted sum of image rows ``first + k`` (clamped) into ``row``, edge-padded by ``pad``."""
+    height, width = image.shape
+    inner = row[pad:pad + width]
+    for k in range(0, weights.shape[0], 2):
+        a = image[min(max(first + k, 0), height - 1)]
+        b = image[min(max(first + k + 1, 0), height - 1)]
+        _axpy2(inner, a, weights[k], b, weights[k + 1], k == 0)
+    for x in range(pad):
+        row[x] = inner[0]
+        row[pad + width + x] = inner[width - 1]
+
+
+@_inline
+def _horizontal_taps(row: np.ndarray, weights: np.ndarray, offsets: np.ndarray,
+                     planes: np.ndarray, pad: int) -> None:
+    """``planes[q, c] = sum_k weights[q, k] * row[pad + c + offsets[q] + k]`` for each phase q."""
+    width = planes.shape[1]
+    for q in range(weights.shape[0]):
+        for k in range(0, weights.shape[1], 2):
+            start = pad + offsets[q] + k
+            _axpy2(planes[q], row[start:start + width], weights[q, k],
+                   row[start + 1:start + 1 + width], weights[q, k + 1], k == 0)
+
+
+@_jit
+def _polyphase_kernel(src: np.ndarray, weights: np.ndarray, offsets: np.ndarray,
+                      out: np.ndarray) -> None:
+    """Separable upsampling by ``factor = len(weights)``: output pixel ``c * factor + q`` is
+    ``sum_k weights[q, k] * src[c + offsets[q] + k]`` along each axis, edges replicated.
+
+    Per output row: the taps' rows are summed (float64), edge-padded, filtered once per phase
+    into contiguous planes (both passes vectorise), then interleaved into the output row.
+    """
+    factor, taps = weights.shape
+    width = src.shape[2]
+    pad = taps
+    row = np.empty(width + 2 * pad, np.float64)
+    planes = np.empty((factor, width), np.float64)
+    for b in range(src.shape[0]):
+        for i in range(out.shape[1]):
+            c, q = divmod(i, factor)
+            _vertical_taps(src[b], c + offsets[q], weights[q], row, pad)
+            _horizontal_taps(row, weights, offsets, planes, pad)
+            for p in range(factor):
+                _scatter_phase(planes[p], out[b, i], p, factor)
+
+
+@_inline
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[:] = src`` for 1-D arrays (an explicit loop: numba's slice assignment is slower)."""
+    for x in range(dst.shape[0]):
+        dst[x] = src[x]
+
+
+@_jit
+def _nearest_kernel(src: np.ndarray, factor: int, out: np.ndarray) -> None:
+    """Each source pixel repeated ``factor`` x ``factor`` times (cropped to ``out``)."""
+    for b in range(src.shape[0]):
+        for i in range(out.shape[1]):
+            if i % factor:
+                _copy(out[b, i], out[b, i - 1])
+                continue
+            for p in range(factor):
+                _scatter_phase(src[b, i // factor], out[b, i], p, factor)
+
+
+@_inline
+def _block_mean_row(rows: np.ndarray, factor: int, sums: np.ndarray, counts: np.ndarray) -> None:
+    """NaN-ignoring sums and counts of the ``factor``-wide column blocks of ``rows``."""
+    sums[:] = 0.0
+    counts[:] = 0
+    for r in range(rows.shape[0]):
+        for q in range(factor):
+            src = rows[r, q:]
+            for c in range(min(sums.shape[0], (src.shape[0] + factor - 1) // factor)):
+                value = src[c * factor]
+                valid = not np.isnan(value)
+                sums[c] += value if valid else 0.0
+                counts[c] += valid
+
+
+@_jit
+def _block_mean_kernel(src: np.ndarray, factor: int, out: np.ndarray) -> None:
+    """Block means ignoring NaN; an all-NaN block gives NaN."""
+    sums = np.empty(out.shape[2], np.float64)
+    counts = np.empty(out.shape[2], np.int64)
+    for b in range(src.shape[0]):
+        for j in range(out.shape[1]):
+            _block_mean_row(src[b, j * factor:j * factor + factor], factor, sums, counts)
+            for c in range(out.shape[2]):
+                out[b, j, c] = sums[c] / counts[c] if counts[c] else np.nan
+
+
+@_inline
+def _block_mode(block: np.ndarray, nodata: int, counts: np.ndarray) -> int:
+    """Most frequent value of a 2-D uint8 block (ties: smallest), ignoring ``nodata``.
+
+    ``counts`` (256 zeros) is left zeroed. ``nodata`` of -1 ignores nothing.
+    """
+    for value in block.flat:
+        if value != nodata:
+            counts[value] += 1
+    best, best_count = nodata, 0
+    for value in block.flat:
+        count = counts[value]
+        if value != nodata and (count > best_count or (count == best_count and value < best)):
+            best, best_count = value, count
+    for value in block.flat:
+        counts[value] = 0
+    return best
+
+
+@_jit
+def _block_majority_kernel(src: np.ndarray, factor: int, nodata: int, out: np.ndarray) -> None:
+    """Mode of each ``factor`` x ``factor`` block (see :func:`_block_mode`)."""
+    counts = np.zeros(256, np.int64)
+    for b in range(src.shape[0]):
+        for j in range(out.shape[1]):
+            rows = src[b, j * factor:j * factor + factor]
+            for c in range(out.shape[2]):
+                out[b, j, c] = _block_mode(rows[:, c * factor:c * factor + factor], nodata, counts)
+
+
+# --------------------------------------------------------------------------------------------
+# checks, shapes and weight tables
+# --------------------------------------------------------------------------------------------
+
+
+def _check_factor(factor: int) -> int:
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"factor must be an integer >= 1, got {factor!r}")
+    return int(factor)
+
+
+def _check_labels(labels: np.ndarray | dask.array.Array, nodata: int | None) -> None:
+    if labels.dtype != np.uint8:
+        raise TypeError(f"labels must be uint8 class labels, got dtype {labels.dtype}")
+    if nodata is not None and not 0 <= nodata <= 255:
+        raise ValueError(f"nodata must be a uint8 value (0-255) or None, got {nodata!r}")
+
+
+def _check_image(array: np.ndarray | dask.array.Array) -> None:
+    if array.ndim < 2:
+        raise ValueError(f"need an array of at least 2 dimensions (..., y, x), got {array.ndim}")
+
+
+def _up_shape(shape: tuple[int, ...], factor: int,
+              out_shape: tuple[int, int] | None) -> tuple[int, int]:
+    """Output (y, x) size of an upsampling: the full ``factor`` multiple, or ``out_shape``."""
+    full = (shape[-2] * factor, shape[-1] * factor)
+    if out_shape is None:
+        return full
+    if len(out_shape) != 2 or not (0 <= out_shape[0] <= full[0] and 0 <= out_shape[1] <= full[1]):
+        raise ValueError(f"out_shape must be 2 sizes no larger than {full}, got {out_shape!r}")
+    return int(out_shape[0]), int(out_shape[1])
+
+
+def _stack(array: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """A C-contiguous (n, y, x) view or copy of ``array`` (..., y, x)."""
+    return np.ascontiguousarray(np.reshape(array, (-1, *array.shape[-2:])), dtype=dtype)
+
+
+def _blackman_sinc(x: np.ndarray, lobes: int) -> np.ndarray:
+    window = 0.42 + 0.5 * np.cos(np.pi * x / lobes) + 0.08 * np.cos(2 * np.pi * x / lobes)
+    return np.where(np.abs(x) < lobes, np.sinc(x) * window, 0.0)
+
+
+def _triangle(x: np.ndarray, lobes: int) -> np.ndarray:
+    return np.maximum(0.0, 1.0 - np.abs(x) / lobes)
+
+
+def _phase_table(factor: int, lobes: int,
+                 kernel: Callable[[np.ndarray, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (factor, 2 * lobes) float64 and first-tap offsets (factor,) of each phase.
+
+    Fine pixel ``c * factor + q`` is at coarse coordinate ``c + d``, ``d = (q + 0.5) / factor
+    - 0.5``; its taps are coarse pixels ``c + offsets[q] + k``, ``k < 2 * lobes``, weighted by
+    ``kernel`` of their distance and normalised to sum to 1.
+    """
+    shift = (np.arange(factor) + 0.5) / factor - 0.5
+    floor = np.floor(shift)
+    distance = (shift - floor)[:, None] + (lobes - 1 - np.arange(2 * lobes))[None, :]
+    weights = kernel(distance, lobes)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return weights, (floor - lobes + 1).astype(np.int64)
+
+
+def _upsample_separable(array: np.ndarray, factor: int, lobes: int,
+                        kernel: Callable[[np.ndarray, int], np.ndarray],
+                        out_shape: tuple[int, int] | None) -> np.ndarray:
+    _check_image(array)
+    factor = _check_factor(factor)
+    height, width = _up_shape(array.shape, factor, out_shape)
+    src = _stack(array, np.float32)
+    out = np.empty((src.shape[0], height, width), np.float32)
+    if out.size:
+        weights, offsets = _phase_table(factor, lobes, kernel)
+        _polyphase_kernel(src, weights, offsets, out)
+    return out.reshape(*array.shape[:-2], height, width)
+
+
+def _down_shape(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    return (*shape[:-2], -(-shape[-2] // factor), -(-shape[-1] // factor))
+
+
+# --------------------------------------------------------------------------------------------
+# public numpy API
+# --------------------------------------------------------------------------------------------
+
+
+def upsample_bilinear(array: np.ndarray, factor: int, *,
+                      out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Bilinear upsampling of the last two axes by an integer factor.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Values (..., H, W); any real dtype (read as float32, summed in float64).
+    factor : int
+        Upsampling factor (>= 1).
+    out_shape : tuple of int, optional
+        (height, width) of the result, at most (H * factor, W * factor): the result is cropped
+        at the bottom/right. Default: (H * factor, W * factor).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (..., height, width). Pixel-centre convention and clamped (replicated) edges:
+        the same as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+        NaN propagates: an output pixel is NaN if one of its 2 x 2 input pixels is NaN.
+    """
+    return _upsample_separable(array, factor, 1, _triangle, out_shape)
+
+
+def upsample_sinc(array: np.ndarray, factor: int, *, lobes: int = 3,
+                  out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Blackman-windowed sinc upsampling of the last two axes by an integer factor.
+
+    Separable; each output pixel is a weighted sum of the ``2 * lobes`` nearest input pixels
+    along each axis, with weights ``sinc(d) * blackman(d / lobes)`` of the distance ``d`` (in
+    input pixels), normalised to sum to 1 (a constant stays constant). This is the resampling
+    KappaMask applies to the 20/60 m bands to bring them to 10 m.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Values (..., H, W); any real dtype (read as float32, summed in float64).
+    factor : int
+        Upsampling factor (>= 1).
+    lobes : int, default 3
+        Half-width of the window in input pixels (>= 1).
+    out_shape : tuple of int, optional
+        (height, width) of the result, at most (H * factor, W * factor); see
+        :func:`upsample_bilinear`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (..., height, width); edges replicated. NaN propagates to every output pixel
+        whose ``2 * lobes`` x ``2 * lobes`` input pixels include a NaN.
+    """
+    return _upsample_separable(array, factor, _check_lobes(lobes), _blackman_sinc, out_shape)
+
+
+def upsample_nearest(labels: np.ndarray, factor: int, *,
+                     out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Nearest-neighbour upsampling: each pixel repeated ``factor`` x ``factor`` times.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (..., H, W), any numeric or boolean dtype (kept).
+    factor : int
+        Upsampling factor (>= 1).
+    out_shape : tuple of int, optional
+        (height, width) of the result, at most (H * factor, W * factor).
+
+    Returns
+    -------
+    numpy.ndarray
+        Same dtype, (..., height, width).
+    """
+    _check_image(labels)
+    factor = _check_factor(factor)
+    height, width = _up_shape(labels.shape, factor, out_shape)
+    src = _stack(labels)
+    out = np.empty((src.shape[0], height, width), src.dtype)
+    if out.size:
+        _nearest_kernel(src, factor, out)
+    return out.reshape(*labels.shape[:-2], height, width)
+
+
+def downsample_majority(labels: np.ndarray, factor: int, *,
+                        nodata: int | None = 255) -> np.ndarray:
+    """Most frequent class of each ``factor`` x ``factor`` block.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        uint8 class labels (..., H, W).
+    factor : int
+        Downsampling factor (>= 1).
+    nodata : int or None, default 255
+        Label ignored in the vote; a block of nodata only gives nodata. None: no such label.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 (..., ceil(H / factor), ceil(W / factor)). Ties go to the smallest class value;
+        partial blocks at the bottom/right edge vote with the pixels present.
+    """
+    _check_image(labels)
+    factor = _check_factor(factor)
+    _check_labels(labels, nodata)
+    src = _stack(labels)
+    out = np.empty(_down_shape(src.shape, factor), np.uint8)
+    if out.size:
+        _block_majority_kernel(src, factor, -1 if nodata is None else int(nodata), out)
+    return out.reshape(_down_shape(labels.shape, factor))
+
+
+def downsample_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` block, ignoring NaN.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        (..., H, W), any real dtype (read as float32).
+    factor : int
+        Downsampling factor (>= 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (..., ceil(H / factor), ceil(W / factor)); an all-NaN block gives NaN, partial
+        blocks at the bottom/right edge average the pixels present. Sums are kept in float64.
+    """
+    _check_image(values)
+    factor = _check_factor(factor)
+    src = _stack(values, np.float32)
+    out = np.empty(_down_shape(src.shape, factor), np.float32)
+    if out.size:
+        _block_mean_kernel(src, factor, out)
+    return out.reshape(_down_shape(values.shape, factor))
+
+
+# --------------------------------------------------------------------------------------------
+# Dask and xarray
+# --------------------------------------------------------------------------------------------
+
+
+def _check_lobes(lobes: int) -> int:
+    if isinstance(lobes, bool) or not isinstance(lobes, (int, np.integer)) or lobes < 1:
+        raise ValueError(f"lobes must be an integer >= 1, got {lobes!r}")
+    return int(lobes)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked resampling: the numpy function, its halo (input pixels) and output dtype."""
+
+    function: Callable[..., np.ndarray]
+    factor: int
+    halo: int
+    dtype: np.dtype
+    upsample: bool
+
+
+def _plan(array: np.ndarray | dask.array.Array, factor: int, method: str,
+          out_shape: tuple[int, int] | None, nodata: int | None, lobes: int) -> _Plan:
+    """Check the arguments of :func:`resample_dask` / :func:`resample_dataarray`."""
+    functions: dict[str, tuple[Callable[..., np.ndarray], int, np.dtype]] = {
+        "bilinear": (upsample_bilinear, 1, np.dtype(np.float32)),
+        "sinc": (partial(upsample_sinc, lobes=lobes), lobes, np.dtype(np.float32)),
+        "nearest": (upsample_nearest, 0, array.dtype),
+        "majority": (partial(downsample_majority, nodata=nodata), 0, np.dtype(np.uint8)),
+        "mean": (downsample_mean, 0, np.dtype(np.float32)),
+    }
+    if method not in functions:
+        valid = ", ".join(repr(m) for m in UPSAMPLING_METHODS + DOWNSAMPLING_METHODS)
+        raise ValueError(f"unknown resampling method {method!r}; valid methods: {valid}")
+    _check_image(array)
+    factor = _check_factor(factor)
+    upsample = method in UPSAMPLING_METHODS
+    if upsample:
+        _up_shape(array.shape, factor, out_shape)
+    elif out_shape is not None:
+        raise ValueError(f"out_shape is for upsampling methods, not {method!r}")
+    if method == "sinc":
+        _check_lobes(lobes)
+    if method == "majority":
+        _check_labels(array, nodata)
+    function, halo, dtype = functions[method]
+    return _Plan(function, factor, halo, dtype, upsample)
+
+
+def _multiple_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    """Chunks with every boundary moved to the nearest multiple of ``factor``."""
+    total = sum(chunks)
+    ends = {factor * max(1, round(end / factor)) for end in np.cumsum(chunks)[:-1].tolist()}
+    bounds = [0, *sorted(end for end in ends if end < total), total]
+    return tuple(np.diff(bounds).tolist())
+
+
+def _upsample_block(block: np.ndarray, function: Callable[..., np.ndarray], factor: int,
+                    crop: int) -> np.ndarray:
+    out = function(block, factor)
+    return out[..., crop:out.shape[-2] - crop, crop:out.shape[-1] - crop]
+
+
+def _upsample_dask(array: dask.array.Array, plan: _Plan) -> dask.array.Array:
+    import dask.array as da
+
+    axes = (array.ndim - 2, array.ndim - 1)
+    halo = plan.halo
+    if halo and min(array.shape[-2:]) < halo:  # too small to share a halo: one chunk
+        array, halo = array.rechunk({axis: -1 for axis in axes}), 0
+    if halo:
+        array = da.overlap.overlap(array, depth={axis: halo for axis in axes},
+                                   boundary={axis: "nearest" for axis in axes})
+    chunks = array.chunks[:-2] + tuple(
+        tuple((c - 2 * halo) * plan.factor for c in array.chunks[axis]) for axis in axes
+    )
+    return array.map_blocks(_upsample_block, plan.function, plan.factor, halo * plan.factor,
+                            chunks=chunks, dtype=plan.dtype,
+                            meta=np.empty((0,) * array.ndim, plan.dtype))
+
+
+def _downsample_dask(array: dask.array.Array, plan: _Plan) -> dask.array.Array:
+    axes = (array.ndim - 2, array.ndim - 1)
+    factor = plan.factor
+    array = array.rechunk({axis: _multiple_chunks(array.chunks[axis], factor) for axis in axes})
+    chunks = array.chunks[:-2] + tuple(
+        tuple(-(-c // factor) for c in array.chunks[axis]) for axis in axes
+    )
+    return array.map_blocks(plan.function, factor, chunks=chunks, dtype=plan.dtype,
+                            meta=np.empty((0,) * array.ndim, plan.dtype))
+
+
+def resample_dask(array: dask.array.Array, factor: int, *, method: str,
+                  out_shape: tuple[int, int] | None = None, nodata: int | None = 255,
+                  lobes: int = 3) -> dask.array.Array:
+    """Lazy resampling of a Dask array's last two axes, chunk by chunk.
+
+    The result equals the numpy function's on the whole array, whatever the chunks: upsampling
+    methods read a halo of neighbouring pixels (edges replicated), downsampling methods first
+    rechunk so that chunk boundaries fall on block boundaries.
+
+    Parameters
+    ----------
+    array : dask.array.Array
+        (..., H, W).
+    factor : int
+        Integer factor (>= 1): of upsampling for "bilinear", "sinc", "nearest", of downsampling
+        for "majority", "mean".
+    method : str
+        "bilinear" (:func:`upsample_bilinear`), "sinc" (:func:`upsample_sinc`), "nearest"
+        (:func:`upsample_nearest`), "majority" (:func:`downsample_majority`) or "mean"
+        (:func:`downsample_mean`).
+    out_shape : tuple of int, optional
+        Upsampling only: (height, width) of the result, at most (H * factor, W * factor).
+    nodata : int or None, default 255
+        "majority" only: the label ignored in the vote.
+    lobes : int, default 3
+        "sinc" only: half-width of the window in input pixels.
+
+    Returns
+    -------
+    dask.array.Array
+        The resampled array, lazy.
+    """
+    plan = _plan(array, factor, method, out_shape, nodata, lobes)
+    if not plan.upsample:
+        return _downsample_dask(array, plan)
+    height, width = _up_shape(array.shape, plan.factor, out_shape)
+    return _upsample_dask(array, plan)[..., :height, :width]
+
+
+def _resample_numpy(array: np.ndarray, factor: int, method: str,
+                    out_shape: tuple[int, int] | None, nodata: int | None,
+                    lobes: int) -> np.ndarray:
+    plan = _plan(array, factor, method, out_shape, nodata, lobes)
+    if plan.upsample:
+        return plan.function(array, plan.factor, out_shape=out_shape)
+    return plan.function(array, plan.factor)
+
+
+def _axis_coordinate(coord: np.ndarray, factor: int, upsample: bool, size: int) -> np.ndarray:
+    """Pixel-centre coordinates of the new grid along one axis."""
+    if coord.size < 2:
+        raise ValueError("need at least 2 coordinates along x and y to know the pixel size")
+    step = float(coord[1] - coord[0])
+    new_step = step / factor if upsample else step * factor
+    return coord[0] - step / 2 + new_step / 2 + np.arange(size) * new_step
+
+
+def _scaled_geotransform(transform: str, scale: float) -> str:
+    """GDAL GeoTransform string with the pixel size (and rotation terms) times ``scale``."""
+    x0, a, b, y0, d, e = (float(v) for v in transform.split())
+    return " ".join(repr(v) for v in (x0, a * scale, b * scale, y0, d * scale, e * scale))
+
+
+def _resampled_coords(da: xr.DataArray, out: xr.DataArray, factor: int, upsample: bool,
+                      y: str, x: str) -> xr.DataArray:
+    for dim in (y, x):
+        if dim in da.coords:
+            values = _axis_coordinate(da[dim].values, factor, upsample, out.sizes[dim])
+            out = out.assign_coords({dim: (dim, values, da[dim].attrs)})
+    ref = da.coords.get("spatial_ref")
+    if ref is not None and "GeoTransform" in ref.attrs:
+        scale = 1 / factor if upsample else float(factor)
+        attrs = {**ref.attrs, "GeoTransform": _scaled_geotransform(ref.attrs["GeoTransform"],
+                                                                   scale)}
+        out = out.assign_coords(spatial_ref=ref.copy().assign_attrs(attrs))
+    return out
+
+
+def resample_dataarray(da: xr.DataArray, factor: int, *, method: str,
+                       out_shape: tuple[int, int] | None = None, nodata: int | None = 255,
+                       lobes: int = 3, y: str = "y", x: str = "x") -> xr.DataArray:
+    """Resample a DataArray along its y/x dimensions, moving the coordinates along.
+
+    Numpy-backed arrays are computed now, Dask-backed ones stay lazy (:func:`resample_dask`).
+    The x/y coordinates follow the pixel-centre convention: ``x'_i = x_0 - dx / 2 + dx' / 2 +
+    i dx'`` with ``dx' = dx / factor`` (upsampling) or ``dx * factor`` (downsampling). Attributes
+    and non-spatial coordinates are kept, ``spatial_ref``'s ``GeoTransform`` gets the new pixel
+    size; other coordinates along y/x are dropped.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        With dimensions ``y`` and ``x`` (in any position).
+    factor, method, out_shape, nodata, lobes
+        As for :func:`resample_dask`.
+    y, x : str
+        Names of the spatial dimensions.
+
+    Returns
+    -------
+    xarray.DataArray
+        Resampled, dimensions in the input's order.
+    """
+    import dask.array
+    import xarray as xr
+
+    order = da.dims
+    work = da.transpose(..., y, x)
+    dropped = [name for name, c in work.coords.items()
+               if name not in (y, x) and ({y, x} & set(c.dims))]
+    work = work.drop_vars([*dropped, y, x], errors="ignore")
+    if isinstance(work.data, dask.array.Array):
+        data = resample_dask(work.data, factor, method=method, out_shape=out_shape,
+                             nodata=nodata, lobes=lobes)
+    else:
+        data = _resample_numpy(work.values, factor, method, out_shape, nodata, lobes)
+    out = xr.DataArray(data, dims=work.dims, coords=work.coords, attrs=work.attrs,
+                       name=work.name)
+    out = _resampled_coords(da, out, factor, method in UPSAMPLING_METHODS, y, x)
+    return out.transpose(*order)
