@@ -1,9 +1,11 @@
 """xcloud's numba resampling kernels against their closest scipy/xarray equivalents.
 
 Each kernel and its reference run on the same input in one process, after a warm-up (numba
-compiles on first call); times are the best of ``--repeats`` runs. Upsampling works on one band
-of ``--size`` pixels square (default 5490: a 20 m Sentinel-2 band going to 10 m), downsampling
-on a mask of twice that (default 10980: a 10 m mask going to 20 m).
+compiles on first call); times are the best of ``--repeats`` runs, xcloud's and the reference's
+alternated so that other load on the machine affects both alike. Upsampling works on one band of
+``--size`` pixels square (default 5490: a 20 m Sentinel-2 band going to 10 m), downsampling on a
+mask ``--factor`` times larger (default 10980: a 10 m mask going to 20 m). ``--size 1830
+--factor 6`` is a 60 m band going to 10 m.
 
     python benchmarks/bench_resample.py [--size N] [--factor F] [--repeats R]
 """
@@ -38,14 +40,22 @@ class Case:
     exact: bool
 
 
-def best_ms(function: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
-    """Best wall time in milliseconds over ``repeats`` calls, and the last result."""
-    times = []
+def timed_ms(function: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
+    """Wall time of one call in milliseconds, and its result."""
+    start = time.perf_counter()
+    result = function()
+    return 1e3 * (time.perf_counter() - start), result
+
+
+def best_ms(case: Case, repeats: int) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Best times of xcloud and the reference, alternated so that load affects both alike."""
+    ours_ms, theirs_ms = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times), result
+        ms, ours = timed_ms(case.ours)
+        ours_ms.append(ms)
+        ms, theirs = timed_ms(case.theirs)
+        theirs_ms.append(ms)
+    return min(ours_ms), min(theirs_ms), ours, theirs
 
 
 def scipy_sinc(band: np.ndarray, factor: int, lobes: int = 3) -> np.ndarray:
@@ -125,15 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=5490, help="band size for upsampling")
     parser.add_argument("--factor", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     print(f"factor {args.factor}")
     print("| method | reference | input | xcloud ms | reference ms | speed-up | agreement |")
     print("|---|---|---|---|---|---|---|")
     for case in cases(args.size, args.factor):
         case.ours()  # numba compiles (or loads its cache) on the first call
-        ours_ms, ours = best_ms(case.ours, args.repeats)
-        theirs_ms, theirs = best_ms(case.theirs, args.repeats)
+        ours_ms, theirs_ms, ours, theirs = best_ms(case, args.repeats)
         shape = " x ".join(str(n) for n in case.shape)
         print(f"| {case.method} | {case.reference} | {shape} | {ours_ms:.1f} | {theirs_ms:.1f} "
               f"| {theirs_ms / ours_ms:.1f}x | {agreement(ours, theirs, case.exact)} |", flush=True)

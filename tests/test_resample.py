@@ -244,6 +244,14 @@ def test_mean_of_float64_and_integers():
 # ---------------------------------------------------------------- checks
 
 
+def test_empty_arrays():
+    assert upsample_bilinear(np.zeros((0, 3)), 2).shape == (0, 6)
+    assert upsample_sinc(np.zeros((2, 0, 3)), 2).shape == (2, 0, 6)
+    assert upsample_nearest(np.zeros((0, 4, 3), np.uint8), 3).shape == (0, 12, 9)
+    assert downsample_mean(np.zeros((2, 0, 4)), 2).shape == (2, 0, 2)
+    assert downsample_majority(np.zeros((3, 0), np.uint8), 2).shape == (2, 0)
+
+
 @pytest.mark.parametrize("factor", [0, -2, 1.5, 2.0, True, "2"])
 def test_bad_factor(factor):
     array = np.zeros((4, 4), np.float32)

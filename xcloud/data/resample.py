@@ -19,6 +19,7 @@ This module imports numba; the package imports it only when resampling is used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -175,19 +176,18 @@ def _block_mean_kernel(src: np.ndarray, factor: int, out: np.ndarray) -> None:
 def _block_mode(block: np.ndarray, nodata: int, counts: np.ndarray) -> int:
     """Most frequent value of a 2-D uint8 block (ties: smallest), ignoring ``nodata``.
 
-    ``counts`` (256 zeros) is left zeroed. ``nodata`` of -1 ignores nothing.
+    Branch-free: the running maximum of ``count * 256 + 255 - value`` over the block's pixels
+    ends on the largest count, then the smallest value. ``counts`` (256 zeros) is left zeroed;
+    ``nodata`` of -1 ignores nothing; a block of nodata only gives ``nodata``.
     """
+    best = 0
     for value in block.flat:
-        if value != nodata:
-            counts[value] += 1
-    best, best_count = nodata, 0
-    for value in block.flat:
-        count = counts[value]
-        if value != nodata and (count > best_count or (count == best_count and value < best)):
-            best, best_count = value, count
+        valid = value != nodata
+        counts[value] += valid
+        best = max(best, (counts[value] * 256 + 255 - value) * valid)
     for value in block.flat:
         counts[value] = 0
-    return best
+    return nodata if best == 0 else 255 - (best & 255)
 
 
 @_jit
@@ -237,7 +237,8 @@ def _up_shape(shape: tuple[int, ...], factor: int,
 
 def _stack(array: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
     """A C-contiguous (n, y, x) view or copy of ``array`` (..., y, x)."""
-    return np.ascontiguousarray(np.reshape(array, (-1, *array.shape[-2:])), dtype=dtype)
+    stack = np.reshape(array, (math.prod(array.shape[:-2]), *array.shape[-2:]))
+    return np.ascontiguousarray(stack, dtype=dtype)
 
 
 def _blackman_sinc(x: np.ndarray, lobes: int) -> np.ndarray:

@@ -129,17 +129,43 @@ def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out[0].numpy()
 
 
-def _model_region(core: tuple[tuple[int, int], tuple[int, int]] | None,
-                  zoom: float) -> tuple[tuple[int, int], tuple[int, int]] | None:
+def _model_region(core: Window | None, zoom: float) -> Window | None:
     """The core in model pixels, one pixel wider for the resampling back to the input grid."""
     if core is None:
         return None
     return tuple((math.floor(a * zoom) - 1, math.ceil(b * zoom) + 1) for a, b in core)
 
 
+Window = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _core_slices(core: Window | None, shape: tuple[int, int]) -> tuple[slice, slice]:
+    if core is None:
+        return slice(0, shape[0]), slice(0, shape[1])
+    return slice(*core[0]), slice(*core[1])
+
+
+def _upsample_core(proba: np.ndarray, core: Window | None, zoom: float,
+                   shape: tuple[int, int]) -> np.ndarray:
+    """Probabilities on the input grid, for the chunk's core only when the zoom allows it."""
+    factor = round(1 / zoom)
+    if core is None or not math.isclose(factor * zoom, 1.0):
+        full = _resize(proba, shape)
+        return full[(slice(None), *_core_slices(core, shape))]
+    crops, offsets = [], []
+    for (start, stop), size in zip(core, proba.shape[-2:], strict=True):
+        first = max(0, start // factor - 1)
+        crops.append(slice(first, min(size, -(-stop // factor) + 1)))
+        offsets.append(start - first * factor)
+    window = _resize(proba[(slice(None), *crops)],
+                     tuple(factor * (c.stop - c.start) for c in crops))
+    rows, cols = (slice(o, o + b - a) for o, (a, b) in zip(offsets, core, strict=True))
+    return window[:, rows, cols]
+
+
 def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
-                         origin: tuple[int, int],
-                         core: tuple[tuple[int, int], tuple[int, int]] | None) -> np.ndarray:
+                         origin: tuple[int, int], core: Window | None) -> np.ndarray:
+    """Probabilities (classes, core rows, core columns) of the chunk's core."""
     height, width = image.shape[-2:]
     model_shape = (max(1, round(height * task.zoom)), max(1, round(width * task.zoom)))
     resampled = _resize(image, model_shape)
@@ -153,25 +179,31 @@ def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
         origin=(round(origin[0] * task.zoom), round(origin[1] * task.zoom)),
         region=_model_region(core, task.zoom),
     )
-    return _resize(proba, (height, width))
+    return _upsample_core(proba, core, task.zoom, (height, width))
 
 
 def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
-                   core: tuple[tuple[int, int], tuple[int, int]] | None = None) -> np.ndarray:
+                   core: Window | None = None) -> np.ndarray:
+    """The block's output; only the core (what survives the trim) is computed."""
     empty = _nodata_mask(image, task)
+    output = _empty_output(image.shape[-2:], task)
     if empty.all():
-        return _empty_output(image.shape[-2:], task)
+        return output
     model = get_model(task.spec)
     if task.spec.device == "cpu":
         limit_torch_threads(threads_per_task())
     normalized = model.info.normalization.apply(image)
     normalized[:, empty] = 0.0  # non-finite pixels are in `empty` (or raised) by now
     proba = _model_probabilities(model, normalized, task, origin, core)
+    inside = _core_slices(core, image.shape[-2:])
+    core_empty = empty[inside]
     if task.output == "proba":
         proba = proba.astype(np.float32, copy=False)
-        proba[:, empty] = np.nan
-        return proba
+        proba[:, core_empty] = np.nan
+        output[(slice(None), *inside)] = proba
+        return output
     values = np.asarray(model.info.scheme.values, np.uint8)
     classes = values[model.classify(proba)]
-    classes[empty] = model.info.scheme.nodata.value
-    return classes[None]
+    classes[core_empty] = model.info.scheme.nodata.value
+    output[(0, *inside)] = classes
+    return output

@@ -52,6 +52,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -658,21 +659,36 @@ def _write_chunks(writer: _Writer, group: str, dataset: xr.Dataset, *,
                                    time_start)
         tasks += found
         skipped += done
-    if tasks:
-        with _progress_bar(writer.progress):
-            dask.compute(*tasks, scheduler=writer.scheduler)
+    batch = _batch_size()
+    for first in range(0, len(tasks), batch):
+        dask.compute(*tasks[first:first + batch], scheduler=writer.scheduler)
+        if writer.progress:
+            _report_progress(group, min(first + batch, len(tasks)), len(tasks))
     return len(tasks), skipped
 
 
-@contextlib.contextmanager
-def _progress_bar(show: bool) -> Iterator[None]:
-    if not show:
-        yield
-        return
-    from dask.diagnostics import ProgressBar
+def _report_progress(group: str, done: int, total: int) -> None:
+    width = 30
+    filled = round(width * done / total)
+    end = "\n" if done == total else ""
+    print(f"\r[{'#' * filled}{' ' * (width - filled)}] {done}/{total} chunks "
+          f"{group or 'mask'}", end=end, file=sys.stderr, flush=True)
 
-    with ProgressBar():
-        yield
+
+def _batch_size() -> int:
+    """Chunks computed together: two per thread of the active scheduler.
+
+    Handing the scheduler every chunk at once lets it read far ahead (peak memory grew with
+    the image); batches of neighbouring chunks keep it bounded by chunk size and threads.
+    """
+    threads = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    try:
+        from distributed import default_client
+
+        threads = sum(default_client().nthreads().values())
+    except (ImportError, ValueError):
+        pass
+    return max(2, 2 * int(threads))
 
 
 def _finish_group(writer: _Writer, group: str, *, resumed: bool) -> None:
