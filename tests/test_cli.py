@@ -14,7 +14,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert all(command in out for command in ("models", "predict", "demo"))
+    assert all(command in out for command in ("models", "predict", "demo", "train", "evaluate"))
 
 
 def test_errors_are_one_line(capsys, tmp_path):

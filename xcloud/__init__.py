@@ -23,6 +23,13 @@ from .outputs.stac import write_item
 from .outputs.zarr import to_zarr
 from .pipeline import mask_items
 
+
+def train(*args: object, **kwargs: object) -> object:
+    """Train KappaMask on KappaSet tiles: see :func:`xcloud.training.train.train`."""
+    from .training.train import train as _train
+
+    return _train(*args, **kwargs)
+
 __all__ = [
     "__version__",
     "errors",
@@ -34,5 +41,6 @@ __all__ = [
     "predict",
     "search",
     "to_zarr",
+    "train",
     "write_item",
 ]

@@ -150,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="xcloud-demo", help="output folder (default %(default)s)")
     _add_job_options(demo, chunk=768)
     demo.set_defaults(run=_demo)
+    from .evaluation.command import add_evaluate_command
+    from .training.command import add_train_command
+
+    add_train_command(commands)
+    add_evaluate_command(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BandError",
     "ChunkSizeError",
+    "DatasetError",
     "InputDtypeError",
     "InvalidReflectanceError",
     "MissingBandError",
@@ -85,6 +86,10 @@ class RadiometryError(XcloudError, ValueError):
 
 class ZarrStoreError(XcloudError, ValueError):
     """A Zarr store cannot take this write (other data in it, another format, not local)."""
+
+
+class DatasetError(XcloudError, ValueError):
+    """Training or evaluation data are not in the expected layout (variables, shapes, labels)."""
 
 
 class XcloudWarning(UserWarning):

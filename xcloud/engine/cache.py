@@ -24,13 +24,19 @@ class ModelSpec:
     weights: str | None = None
     device: str = "cpu"
     runtime: str = "auto"
+    weights_version: tuple[int, int] | None = None
 
     @classmethod
     def create(cls, name: str, *, weights: str | Path | None, device: str,
                runtime: str) -> ModelSpec:
-        """Normalise paths so that equal files give equal keys."""
-        path = None if weights is None else str(Path(weights).expanduser().resolve())
-        return cls(name, path, device, runtime)
+        """Normalise paths so that equal files give equal keys; a rewritten file (new size or
+        modification time) gives a new key, so a retrained checkpoint is loaded again."""
+        if weights is None:
+            return cls(name, None, device, runtime)
+        path = Path(weights).expanduser().resolve()
+        stat = path.stat() if path.exists() else None
+        version = (stat.st_mtime_ns, stat.st_size) if stat else None
+        return cls(name, str(path), device, runtime, version)
 
 
 _MODELS: dict[ModelSpec, CloudModel] = {}

@@ -171,7 +171,10 @@ def predict(
         raise ValueError(f"boundary must be one of {_BOUNDARIES}, got {boundary!r}")
     if invalid not in ("raise", "nodata"):
         raise ValueError(f"invalid must be 'raise' or 'nodata', got {invalid!r}")
-    info = get(model).info
+    entry = get(model)
+    info = entry.info
+    if info.needs_weights_file and weights is None:
+        entry.loader(weights=None, device="cpu", runtime=runtime)  # raises, naming the fix
     cube = band_cube(data, info.bands)
     lazy = isinstance(cube.data, da.Array)
     cube = to_reflectance(cube, scale=scale, offset=offset)

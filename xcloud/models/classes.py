@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["S2CLOUDLESS_SCHEME", "UKIS_SCHEME", "ClassScheme", "CloudClass"]
+__all__ = ["KAPPAMASK_SCHEME", "S2CLOUDLESS_SCHEME", "UKIS_SCHEME", "ClassScheme", "CloudClass"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,20 @@ S2CLOUDLESS_SCHEME = ClassScheme(
     ),
     nodata=NO_DATA,
 )
+
+KAPPAMASK_SCHEME = ClassScheme(
+    name="kappamask",
+    classes=(
+        CloudClass(1, "clear", "clear surface", "#4daf4a"),
+        CloudClass(2, "cloud_shadow", "cloud shadow", "#555555"),
+        CloudClass(3, "semi_transparent_cloud", "semi-transparent (thin) cloud", "#a6cee3"),
+        CloudClass(4, "cloud", "cloud", "#ffffff"),
+    ),
+    nodata=CloudClass(0, "missing", "no valid input data (KappaMask's MISSING)", "#000000"),
+)
+"""KappaMask's own codes: 0 MISSING is the no-data value, so masks read as KappaMask's products.
+
+The network's output channel ``k`` is class value ``k``; its MISSING channel (and the
+UNDEFINED channel 5 of networks that have one) are not predicted classes: no-data pixels are
+found from the input, as for every xcloud model.
+"""

@@ -81,7 +81,7 @@ def _entries_from(obj: object) -> Iterable[ModelEntry]:
 def _load_plugins() -> None:
     if not _STATE["builtins_loaded"]:
         _STATE["builtins_loaded"] = True
-        from . import s2cloudless, ukis  # noqa: F401  (modules register themselves)
+        from . import kappamask, s2cloudless, ukis  # noqa: F401  (modules register themselves)
     if _STATE["entry_points_loaded"]:
         return
     _STATE["entry_points_loaded"] = True

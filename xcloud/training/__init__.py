@@ -1,0 +1,47 @@
+"""Training and evaluation data: the KappaSet reader, samples for torch, generated tiles.
+
+Names are imported on first use: ``import xcloud.training`` imports none of its modules, and
+the KappaSet reader needs torch only for tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "CM_VSM_SCALE",
+    "COMPARISON_MASKS",
+    "DN_THRESHOLD",
+    "KAPPASET_L1C_FEATURES",
+    "KAPPASET_L2A_FEATURES",
+    "KAPPASET_LABELS",
+    "TILE_SIZE",
+    "UNDEFINED",
+    "KappaSetDataset",
+    "KappaSetTile",
+    "TrainResult",
+    "find_tiles",
+    "mosaic",
+    "read_tile",
+    "synthetic_kappaset",
+    "train",
+    "write_tile",
+]
+
+# Public name -> module of this package that defines it.
+_EXPORTS: dict[str, str] = {**dict.fromkeys(__all__, "kappaset"), "train": "train",
+                            "TrainResult": "train"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,325 @@
+"""``train``: fit a KappaMask U-Net on KappaSet-format tiles (the paper's recipe).
+
+Dice-coefficient loss (or cross-entropy), Adam, learning rate reduced when the validation dice
+stops improving, early stopping on the validation loss, a random 80/20 train/validation split
+by tile, the best checkpoint (with its bands and min/max normalisation) kept, and a resumable
+state file beside it. CPU works; CUDA is used when present, with mixed precision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._optional import import_optional
+
+__all__ = ["TrainResult", "dice_loss", "train"]
+
+N_CLASSES = 5
+UNDEFINED = 5
+_LOSSES = ("dice", "ce")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: per-epoch history and the best checkpoint."""
+
+    checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The history entry of the best epoch (lowest validation loss)."""
+        return self.history[self.best_epoch] if self.history else {}
+
+
+def dice_loss(logits: Any, target: Any, *, ignore_index: int = UNDEFINED,
+              eps: float = 1.0) -> Any:
+    """1 - mean soft dice over the classes, pixels labelled ``ignore_index`` left out."""
+    import torch
+
+    valid = (target != ignore_index).unsqueeze(1)
+    proba = torch.softmax(logits.float(), dim=1) * valid
+    onehot = torch.nn.functional.one_hot(target.clamp(0, logits.shape[1] - 1),
+                                         logits.shape[1]).permute(0, 3, 1, 2) * valid
+    dims = (0, 2, 3)
+    overlap = (proba * onehot).sum(dims)
+    total = proba.sum(dims) + onehot.sum(dims)
+    return 1.0 - ((2 * overlap + eps) / (total + eps)).mean()
+
+
+def _loss_function(name: str) -> Callable[[Any, Any], Any]:
+    import torch
+
+    if name == "dice":
+        return dice_loss
+    cross_entropy = torch.nn.CrossEntropyLoss(ignore_index=UNDEFINED)
+    return lambda logits, target: cross_entropy(logits.float(), target)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    device: Any
+    amp: bool
+    loss: Callable[[Any, Any], Any]
+    progress: bool
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    from ..engine.device import resolve_device
+
+    return torch.device(resolve_device(name))
+
+
+def _batches(dataset: Any, batch_size: int, *, shuffle: bool, seed: int) -> Any:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                       generator=generator, num_workers=0)
+
+
+def _progress(iterable: Any, *, show: bool, description: str) -> Iterator[Any]:
+    if not show:
+        yield from iterable
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        yield from iterable
+        return
+    yield from tqdm(iterable, desc=description, leave=False)
+
+
+def _train_epoch(model: Any, loader: Any, optimizer: Any, scaler: Any, setup: _Setup,
+                 epoch: int) -> float:
+    import torch
+
+    model.train()
+    losses = []
+    for image, label in _progress(loader, show=setup.progress, description=f"epoch {epoch}"):
+        image, label = image.to(setup.device), label.to(setup.device)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(setup.device.type, enabled=setup.amp):
+            loss = setup.loss(model(image), label)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else math.nan
+
+
+def _validate(model: Any, loader: Any, setup: _Setup) -> dict[str, float]:
+    import torch
+
+    from ..evaluation.metrics import ConfusionMatrix
+
+    model.eval()
+    matrix = ConfusionMatrix(N_CLASSES, ignore_index=UNDEFINED)
+    losses = []
+    with torch.inference_mode():
+        for image, label in loader:
+            image, label = image.to(setup.device), label.to(setup.device)
+            with torch.autocast(setup.device.type, enabled=setup.amp):
+                logits = model(image)
+            losses.append(float(setup.loss(logits, label)))
+            matrix.update(logits.argmax(1).cpu().numpy(), label.cpu().numpy())
+    dice = matrix.dice()
+    present = matrix.matrix.sum(1) > 0
+    return {"val_loss": float(np.mean(losses)) if losses else math.nan,
+            "val_dice": float(np.nanmean(dice[present])) if present.any() else math.nan,
+            "val_accuracy": float(matrix.accuracy())}
+
+
+def _state_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".state.pt")
+
+
+def _save_state(path: Path, model: Any, optimizer: Any, scheduler: Any,
+                result: TrainResult, epoch: int, bad_epochs: int) -> None:
+    import torch
+
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
+                "best_epoch": result.best_epoch, "history": json.dumps(result.history)}, path)
+
+
+def _load_state(path: Path, model: Any, optimizer: Any, scheduler: Any,
+                result: TrainResult) -> tuple[int, int]:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    result.history = json.loads(state["history"])
+    result.best_epoch = int(state["best_epoch"])
+    return int(state["epoch"]) + 1, int(state["bad_epochs"])
+
+
+def _default_range(features: Sequence[str], level: str) -> tuple[list[float], list[float]]:
+    """KappaMask's default min/max, in the data set's channel order."""
+    from ..models.kappamask import KAPPAMASK_L1C_BANDS, KAPPAMASK_L2A_BANDS, default_range
+
+    layout = KAPPAMASK_L1C_BANDS if level.upper() == "L1C" else KAPPAMASK_L2A_BANDS
+    low, high = (dict(zip(layout, values, strict=True)) for values in default_range(level))
+    return [low[name] for name in features], [high[name] for name in features]
+
+
+def _datasets(data: Any, *, level: str, val_fraction: float, seed: int, augment: bool,
+              normalization: str, scale: float | None) -> tuple[Any, Any]:
+    from .kappaset import KAPPASET_L1C_FEATURES, KAPPASET_L2A_FEATURES, KappaSetDataset
+
+    if isinstance(data, KappaSetDataset):
+        dataset = data
+    else:
+        features = KAPPASET_L1C_FEATURES if level.upper() == "L1C" else KAPPASET_L2A_FEATURES
+        scaling = (_default_range(features, level) if normalization == "default"
+                   else normalization)
+        dataset = KappaSetDataset(data, level=level, normalization=scaling, as_tensor=True,
+                                  scale=scale)
+    train_set, val_set = dataset.split(fraction=val_fraction, seed=seed)
+    if augment:
+        train_set = train_set.with_augmentation(seed=seed)
+    return train_set, val_set
+
+
+def train(
+    data: str | os.PathLike[str] | Any,
+    *,
+    checkpoint: str | os.PathLike[str] = "kappamask.safetensors",
+    level: str = "L1C",
+    depth: int = 5,
+    filters: int = 64,
+    epochs: int = 50,
+    batch_size: int = 8,
+    learning_rate: float = 1e-4,
+    loss: str = "dice",
+    val_fraction: float = 0.2,
+    patience: int = 10,
+    lr_patience: int = 5,
+    lr_factor: float = 0.5,
+    augment: bool = True,
+    normalization: str = "default",
+    scale: float | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    amp: bool | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a KappaMask U-Net on KappaSet tiles and save the best checkpoint.
+
+    Parameters
+    ----------
+    data
+        Root folder of KappaSet NetCDF tiles (``<month>/<product>/tile_X_Y.nc``) or a
+        :class:`~xcloud.training.kappaset.KappaSetDataset`.
+    checkpoint
+        Where the best model goes (``.safetensors`` or ``.pt``), with its bands and min/max
+        normalisation; ``<checkpoint>.state.pt`` beside it holds what ``resume`` needs.
+    level, depth, filters
+        Input layout (``"L1C"``: 13 bands, ``"L2A"``: 12 bands + AOT + WVP) and network size
+        (the paper's grid: 5/6/7 levels x 32/64/128 filters).
+    epochs, batch_size, learning_rate, loss
+        Training length, batch, Adam's learning rate and ``"dice"`` (the paper's) or ``"ce"``.
+    val_fraction, seed, augment
+        Random train/validation split by tile (0.2: the paper's 80/20), its seed, and random
+        flips/rotations of training tiles.
+    patience, lr_patience, lr_factor
+        Stop after ``patience`` epochs without a lower validation loss; multiply the learning
+        rate by ``lr_factor`` after ``lr_patience`` epochs without a higher validation dice.
+    normalization
+        ``"default"``: KappaMask's published min/max (stored in the checkpoint); ``"minmax"``:
+        the 1st/99th percentiles of the training data.
+    scale
+        Factor from the files' band values to reflectance. ``None`` uses them as stored (and
+        divides by 10000 values that look like digital numbers); KappaZeta's converter stores
+        DN / 65535, for which ``xcloud.training.kappaset.CM_VSM_SCALE`` gives reflectance.
+    resume
+        Continue from ``<checkpoint>.state.pt`` (weights, optimiser, scheduler, history).
+    device, amp
+        ``"auto"`` uses CUDA when present; mixed precision defaults to on for CUDA only.
+    progress
+        Show a progress bar per epoch (tqdm) and a line per epoch.
+    """
+    torch = import_optional("torch", extra="training")
+    from ..models.kappamask import KappaMaskUNet
+
+    if loss not in _LOSSES:
+        raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
+    torch.manual_seed(seed)
+    train_set, val_set = _datasets(data, level=level, val_fraction=val_fraction, seed=seed,
+                                   augment=augment, normalization=normalization, scale=scale)
+    target = _device(device)
+    setup = _Setup(target, bool(target.type == "cuda" if amp is None else amp),
+                   _loss_function(loss), progress)
+    model = KappaMaskUNet(in_channels=train_set.n_features, n_classes=N_CLASSES, depth=depth,
+                          filters=filters).to(target)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max",
+                                                           factor=lr_factor,
+                                                           patience=lr_patience)
+    scaler = torch.amp.GradScaler(target.type, enabled=setup.amp)
+    path = Path(checkpoint)
+    result = TrainResult(path)
+    first, bad_epochs = 0, 0
+    if resume:
+        first, bad_epochs = _load_state(_state_path(path), model, optimizer, scheduler, result)
+    loaders = (_batches(train_set, batch_size, shuffle=True, seed=seed),
+               _batches(val_set, batch_size, shuffle=False, seed=seed))
+    for epoch in range(first, epochs):
+        entry = {"epoch": epoch,
+                 "train_loss": _train_epoch(model, loaders[0], optimizer, scaler, setup, epoch),
+                 **_validate(model, loaders[1], setup),
+                 "learning_rate": optimizer.param_groups[0]["lr"]}
+        result.history.append(entry)
+        scheduler.step(entry["val_dice"])
+        bad_epochs = _track_best(result, entry, model, train_set, path, level, bad_epochs)
+        _save_state(_state_path(path), model, optimizer, scheduler, result, epoch, bad_epochs)
+        if progress:
+            print(_epoch_line(entry), flush=True)
+        if bad_epochs >= patience:
+            result.stopped_early = True
+            break
+    return result
+
+
+def _track_best(result: TrainResult, entry: dict[str, float], model: Any, train_set: Any,
+                path: Path, level: str, bad_epochs: int) -> int:
+    from ..models.kappamask import save_checkpoint
+
+    best = result.best.get("val_loss", math.inf) if result.best_epoch >= 0 else math.inf
+    if entry["val_loss"] < best:
+        result.best_epoch = len(result.history) - 1
+        minimum, maximum = train_set.normalization_range
+        save_checkpoint(path, model, bands=list(train_set.features), minimum=minimum,
+                        maximum=maximum, level=level,
+                        extra={"epoch": entry["epoch"], "history": result.history})
+        return 0
+    return bad_epochs + 1
+
+
+def _epoch_line(entry: dict[str, float]) -> str:
+    return (f"epoch {entry['epoch']:>3}: train loss {entry['train_loss']:.4f}, "
+            f"val loss {entry['val_loss']:.4f}, val dice {entry['val_dice']:.4f}, "
+            f"val accuracy {entry['val_accuracy']:.4f}, lr {entry['learning_rate']:.2e}")
+
+
+def summarize(result: TrainResult) -> Sequence[str]:
+    """Lines describing a finished training run."""
+    best = result.best
+    return [f"best epoch {best.get('epoch')}: val loss {best.get('val_loss', math.nan):.4f}, "
+            f"val dice {best.get('val_dice', math.nan):.4f}",
+            f"checkpoint: {result.checkpoint}"]
