@@ -13,7 +13,8 @@ def _run(args: argparse.Namespace) -> int:
 
     result = train(
         args.data, checkpoint=args.out, level=args.level, depth=args.depth,
-        filters=args.filters, epochs=args.epochs, batch_size=args.batch_size,
+        filters=args.filters, head_channels=args.head_channels, epochs=args.epochs,
+        batch_size=args.batch_size,
         learning_rate=args.learning_rate, loss=args.loss, val_fraction=args.val_fraction,
         patience=args.patience, augment=not args.no_augment, resume=args.resume,
         scale=args.scale,
@@ -40,6 +41,8 @@ def add_train_command(commands: Any) -> None:
     parser.add_argument("--level", default="L1C", choices=("L1C", "L2A"))
     parser.add_argument("--depth", type=int, default=5, help="U-Net levels (5, 6, 7)")
     parser.add_argument("--filters", type=int, default=64, help="first level's filters")
+    parser.add_argument("--head-channels", type=int, default=2,
+                        help="the published 2-channel layer before the classifier (0: none)")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)

@@ -202,6 +202,7 @@ def train(
     level: str = "L1C",
     depth: int = 5,
     filters: int = 64,
+    head_channels: int = 2,
     epochs: int = 50,
     batch_size: int = 8,
     learning_rate: float = 1e-4,
@@ -231,7 +232,8 @@ def train(
         normalisation; ``<checkpoint>.state.pt`` beside it holds what ``resume`` needs.
     level, depth, filters
         Input layout (``"L1C"``: 13 bands, ``"L2A"``: 12 bands + AOT + WVP) and network size
-        (the paper's grid: 5/6/7 levels x 32/64/128 filters).
+        (the paper's grid: 5/6/7 levels x 32/64/128 filters). ``head_channels`` is the
+        published 2-channel ReLU layer before the classifier; 0 drops it (it can start dead).
     epochs, batch_size, learning_rate, loss
         Training length, batch, Adam's learning rate and ``"dice"`` (the paper's) or ``"ce"``.
     val_fraction, seed, augment
@@ -266,7 +268,7 @@ def train(
     setup = _Setup(target, bool(target.type == "cuda" if amp is None else amp),
                    _loss_function(loss), progress)
     model = KappaMaskUNet(in_channels=train_set.n_features, n_classes=N_CLASSES, depth=depth,
-                          filters=filters).to(target)
+                          filters=filters, head_channels=head_channels).to(target)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max",
                                                            factor=lr_factor,
