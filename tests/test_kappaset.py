@@ -433,7 +433,7 @@ def test_synthetic_missing_corner_is_zero_or_nan_and_generation_is_seeded(synthe
 
 @pytest.mark.parametrize(
     ("installed", "engine"),
-    [({"h5netcdf", "h5py", "netCDF4"}, "h5netcdf"), ({"h5netcdf", "netCDF4"}, "netcdf4"),
+    [({"h5netcdf", "h5py", "netCDF4"}, "netcdf4"), ({"h5netcdf", "h5py"}, "h5netcdf"),
      ({"netCDF4"}, "netcdf4"), ({"h5netcdf"}, None)],
 )
 def test_netcdf_engine_needs_h5py_for_h5netcdf(monkeypatch, installed, engine):

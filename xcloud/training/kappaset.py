@@ -236,13 +236,13 @@ def _named_tile(path: Path) -> KappaSetTile:
 
 
 def _engine() -> str:
-    """The xarray engine for NetCDF4: h5netcdf (with h5py), else netCDF4."""
-    if _installed("h5netcdf") and _installed("h5py"):
-        return "h5netcdf"
+    """The xarray engine for NetCDF4: netCDF4 (3x faster here), else h5netcdf with h5py."""
     if _installed("netCDF4"):
         return "netcdf4"
+    if _installed("h5netcdf") and _installed("h5py"):
+        return "h5netcdf"
     raise OptionalDependencyError(
-        "reading and writing KappaSet NetCDF files needs h5netcdf with h5py, or netCDF4; "
+        "reading and writing KappaSet NetCDF files needs netCDF4, or h5netcdf with h5py; "
         "install them with: pip install 'xcloud[training]'"
     )
 
