@@ -15,12 +15,14 @@ __all__ = ["main"]
 def _models(args: argparse.Namespace) -> int:
     from . import models
 
-    print(f"{'name':<14} {'level':<5} {'res':>4}  {'classes':<28} bands")
-    for name in models.list():
-        info = models.get(name).info
-        classes = ",".join(info.scheme.names)
-        print(f"{name:<14} {info.level:<5} {info.resolution:>3.0f}m  {classes:<28} "
-              f"{' '.join(info.bands)}")
+    infos = [models.get(name).info for name in models.list()]
+    rows = [(i.name, i.level, f"{i.resolution:.0f}m", ",".join(i.scheme.names), " ".join(i.bands))
+            for i in infos]
+    header = ("name", "level", "res", "classes", "bands")
+    widths = [max(len(header[k]), *(len(row[k]) for row in rows)) for k in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0], strict=True)).rstrip())
+    for info, row in zip(infos, rows, strict=True):
+        print("  ".join(c.ljust(w) for c, w in zip(row, [*widths, 0], strict=True)).rstrip())
         if args.verbose:
             print(f"    weights: {info.weights_source}; licence: {info.licence}")
     return 0

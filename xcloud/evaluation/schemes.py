@@ -306,7 +306,7 @@ FMSC = _scheme(
 CLOUDSEN12 = _scheme(
     "cloudsen12", "CloudSEN12 labels (Aybar et al. 2022)",
     (0, "clear", CLEAR), (1, "thick_cloud", THICK), (2, "thin_cloud", THIN),
-    (3, "cloud_shadow", SHADOW),
+    (3, "cloud_shadow", SHADOW), (255, "no_data", MISSING),
 )
 SENSEI_V2 = _scheme(
     "sensei-v2", "SEnSeI-v2 7-class output (Francis 2024)",

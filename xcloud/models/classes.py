@@ -91,3 +91,25 @@ The network's output channel ``k`` is class value ``k``; its MISSING channel (an
 UNDEFINED channel 5 of networks that have one) are not predicted classes: no-data pixels are
 found from the input, as for every xcloud model.
 """
+
+SENSEI_V2_SCHEME = ClassScheme(
+    name="sensei-v2",
+    classes=(
+        CloudClass(0, "land", "clear land", "#4daf4a"),
+        CloudClass(1, "water", "clear water", "#377eb8"),
+        CloudClass(2, "snow", "snow and ice", "#e0f3f8"),
+        CloudClass(3, "thin_cloud", "thin (semi-transparent) cloud", "#a6cee3"),
+        CloudClass(4, "thick_cloud", "thick cloud", "#ffffff"),
+        CloudClass(5, "cloud_shadow", "cloud shadow", "#555555"),
+    ),
+    nodata=CloudClass(6, "no_data", "no valid input data (SEnSeI-v2's no-data class)",
+                      "#000000"),
+)
+"""SEnSeI-v2's 7 classes (Francis 2024) with its own codes: 6 NO DATA is the no-data value.
+
+The network's output channel ``k`` is class value ``k``; its no-data channel 6 is not a
+predicted class: no-data pixels are found from the input, as for every xcloud model. Masks
+read as the ``sensei-v2`` label scheme of :mod:`xcloud.evaluation.schemes`.
+"""
+
+__all__.append("SENSEI_V2_SCHEME")

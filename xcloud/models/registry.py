@@ -81,7 +81,8 @@ def _entries_from(obj: object) -> Iterable[ModelEntry]:
 def _load_plugins() -> None:
     if not _STATE["builtins_loaded"]:
         _STATE["builtins_loaded"] = True
-        from . import kappamask, s2cloudless, ukis  # noqa: F401  (modules register themselves)
+        # the modules register themselves
+        from . import cloudsen12, dl_l8s2_uv, kappamask, s2cloudless, sensei, ukis  # noqa: F401
     if _STATE["entry_points_loaded"]:
         return
     _STATE["entry_points_loaded"] = True
