@@ -198,7 +198,8 @@ def _datasets(data: Any, *, level: str, val_fraction: float, seed: int, augment:
 def train(
     data: str | os.PathLike[str] | Any,
     *,
-    checkpoint: str | os.PathLike[str] = "kappamask.safetensors",
+    checkpoint: str | os.PathLike[str] | None = None,
+    model: str | Any = "kappamask",
     level: str = "L1C",
     depth: int = 5,
     filters: int = 64,
@@ -222,14 +223,25 @@ def train(
 ) -> TrainResult:
     """Train a KappaMask U-Net on KappaSet tiles and save the best checkpoint.
 
+    With partial-label data or a SEnSeI-v2 ``model``, train that instead with the ambiguous
+    cross-entropy (:func:`xcloud.training.partial.fit_partial`).
+
     Parameters
     ----------
     data
         Root folder of KappaSet NetCDF tiles (``<month>/<product>/tile_X_Y.nc``) or a
-        :class:`~xcloud.training.kappaset.KappaSetDataset`.
+        :class:`~xcloud.training.kappaset.KappaSetDataset`; or
+        :class:`~xcloud.training.partial.PartialLabelDataset` (s) of any label schemes.
     checkpoint
-        Where the best model goes (``.safetensors`` or ``.pt``), with its bands and min/max
-        normalisation; ``<checkpoint>.state.pt`` beside it holds what ``resume`` needs.
+        Where the best model goes (``.safetensors`` or ``.pt``; default
+        ``kappamask.safetensors``), with its bands and min/max normalisation;
+        ``<checkpoint>.state.pt`` beside it holds what ``resume`` needs.
+    model
+        ``"kappamask"``; or ``"sensei-v2"``, ``"sensei-v2-<head>"`` or a torch module taking
+        ``(image, descriptors)``, trained on partial-label ``data`` with ``epochs``,
+        ``batch_size``, ``learning_rate``, ``val_fraction``, ``patience``, ``lr_patience``,
+        ``lr_factor``, ``device``, ``seed`` and ``progress``; the other options are
+        KappaMask's.
     level, depth, filters
         Input layout (``"L1C"``: 13 bands, ``"L2A"``: 12 bands + AOT + WVP) and network size
         (the paper's grid: 5/6/7 levels x 32/64/128 filters). ``head_channels`` is the
@@ -256,6 +268,14 @@ def train(
     progress
         Show a progress bar per epoch (tqdm) and a line per epoch.
     """
+    from .partial import fit_partial, is_partial_data
+
+    if not (isinstance(model, str) and model == "kappamask") or is_partial_data(data):
+        return fit_partial(data, model=model, checkpoint=checkpoint, epochs=epochs,
+                           batch_size=batch_size, learning_rate=learning_rate,
+                           val_fraction=val_fraction, patience=patience,
+                           lr_patience=lr_patience, lr_factor=lr_factor, resume=resume,
+                           device=device, seed=seed, progress=progress)
     torch = import_optional("torch", extra="training")
     from ..models.kappamask import KappaMaskUNet
 
@@ -274,7 +294,7 @@ def train(
                                                            factor=lr_factor,
                                                            patience=lr_patience)
     scaler = torch.amp.GradScaler(target.type, enabled=setup.amp)
-    path = Path(checkpoint)
+    path = Path("kappamask.safetensors" if checkpoint is None else checkpoint)
     result = TrainResult(path)
     first, bad_epochs = 0, 0
     if resume:
