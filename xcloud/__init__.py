@@ -25,7 +25,10 @@ from .pipeline import mask_items
 
 
 def train(*args: object, **kwargs: object) -> object:
-    """Train KappaMask on KappaSet tiles: see :func:`xcloud.training.train.train`."""
+    """Train KappaMask on KappaSet tiles, or SEnSeI-v2 on partial labels of any scheme.
+
+    See :func:`xcloud.training.train.train`.
+    """
     from .training.train import train as _train
 
     return _train(*args, **kwargs)

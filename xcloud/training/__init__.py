@@ -20,18 +20,27 @@ __all__ = [
     "UNDEFINED",
     "KappaSetDataset",
     "KappaSetTile",
+    "PartialLabelDataset",
+    "PartialScheme",
     "TrainResult",
+    "ambiguous_cross_entropy",
+    "ambiguous_mse",
     "find_tiles",
     "mosaic",
     "read_tile",
     "synthetic_kappaset",
+    "to_multi_hot",
     "train",
+    "train_partial",
     "write_tile",
 ]
 
 # Public name -> module of this package that defines it.
 _EXPORTS: dict[str, str] = {**dict.fromkeys(__all__, "kappaset"), "train": "train",
-                            "TrainResult": "train"}
+                            "TrainResult": "train", "PartialLabelDataset": "partial",
+                            "PartialScheme": "partial", "train_partial": "partial",
+                            "to_multi_hot": "partial",
+                            "ambiguous_cross_entropy": "losses", "ambiguous_mse": "losses"}
 
 
 def __getattr__(name: str) -> Any:
