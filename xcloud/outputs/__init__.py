@@ -1,16 +1,23 @@
-"""Outputs: CF attributes of masks, resumable Zarr stores and STAC items describing them."""
+"""Outputs: CF attributes of masks, resumable Zarr stores, STAC items, plots and quick-looks."""
 
 from __future__ import annotations
 
 from .cf import mask_attrs, probability_attrs
-from .stac import mask_item, write_item
+from .plot import class_fractions, plot_mask, save_plot
+from .quicklook import write_quicklook
+from .stac import mask_item, validate_item, write_item
 from .zarr import ZarrWriteSummary, to_zarr
 
 __all__ = [
     "ZarrWriteSummary",
+    "class_fractions",
     "mask_attrs",
     "mask_item",
+    "plot_mask",
     "probability_attrs",
+    "save_plot",
     "to_zarr",
+    "validate_item",
     "write_item",
+    "write_quicklook",
 ]

@@ -4,10 +4,15 @@ The item has the mask's footprint in lon/lat (edges densified before reprojectio
 footprint of a UTM tile is not cut short), ``datetime`` (one time step) or
 ``start_datetime``/``end_datetime`` (a time series), the projection extension (``proj:code``,
 ``proj:shape``, ``proj:transform``, ``proj:bbox`` of level 0), the processing extension
-(``processing:software``) plus ``xcloud:model``/``xcloud:model_version``, one asset for the
+(``processing:software`` with xcloud's version, ``processing:lineage`` naming the model and
+its version) plus ``xcloud:model``/``xcloud:model_version``, one asset for the
 store (``application/vnd+zarr``, role ``data``) carrying the classification extension (every
 class of the mask, the no-data class flagged ``nodata``), and ``derived_from`` links to the
 source items.
+
+:func:`validate_item` checks an item against the JSON schemas of its STAC version and of every
+extension it declares without any network access: the schemas ship in ``schemas/`` beside
+this module (see the README there for where each comes from and its licence).
 
 :func:`write_item` writes ``<folder>/<item id>.json`` beside the store (default id: the
 store's name without ``.zarr``, so ``masks/T33UUU.zarr`` gets ``masks/T33UUU.json``), with the
@@ -17,9 +22,12 @@ asset href relative to it. Item ids are sanitised before they become file names.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -28,9 +36,18 @@ import xarray as xr
 
 from .._optional import import_optional
 from ..data.load import SOURCE_ITEMS_ATTR
+from ..errors import StacError
 from .zarr import grid_transform
 
-__all__ = ["ASSET_KEY", "PROCESSING_EXTENSION", "item_path", "mask_item", "write_item"]
+__all__ = [
+    "ASSET_KEY",
+    "PROCESSING_EXTENSION",
+    "item_path",
+    "mask_item",
+    "offline_schemas",
+    "validate_item",
+    "write_item",
+]
 
 ASSET_KEY = "zarr"
 """Key of the Zarr store's asset in the item."""
@@ -39,6 +56,14 @@ PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/sche
 
 _DENSIFY = 21  # points per footprint edge before reprojection
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SCHEMA_FOLDERS = {  # shipped folder -> the URL its files are published under
+    "stac-spec": "https://schemas.stacspec.org",
+    "stac-extensions": "https://stac-extensions.github.io",
+    "geojson": "https://geojson.org",
+    "proj": "https://proj.org",
+}
+_ITEM_SCHEMA = "https://schemas.stacspec.org/v{version}/item-spec/json-schema/item.json"
+_MAX_REPORTED = 10  # validation errors listed in the message
 
 SourceItem = Any  # pystac.Item, a STAC item dict or an item id
 
@@ -138,6 +163,125 @@ def item_path(folder: str | os.PathLike[str], item_id: str) -> Path:
     return Path(folder).resolve() / f"{name}.json"
 
 
+def validate_item(item: Any) -> None:
+    """Validate a STAC item against the JSON schemas, offline.
+
+    The item is checked against the core item schema of its ``stac_version`` and the schema
+    of every extension in its ``stac_extensions``, read from the copies shipped with xcloud
+    (:func:`offline_schemas`); nothing is fetched from the network.
+
+    Parameters
+    ----------
+    item
+        A ``pystac.Item`` or an item dict.
+
+    Raises
+    ------
+    StacError
+        The item does not validate (the message lists where and why, the deepest error of
+        each failing schema), is not an item, or declares a STAC version or extension whose
+        schema xcloud does not ship.
+    """
+    jsonschema = import_optional("jsonschema", extra="geo")
+    document = item.to_dict() if hasattr(item, "to_dict") else dict(item)
+    problems = [
+        f"{url}: {message}"
+        for url in _schema_urls(document)
+        for message in _errors(jsonschema, document, url)
+    ]
+    if problems:
+        listed = "\n  ".join(problems[:_MAX_REPORTED])
+        more = len(problems) - _MAX_REPORTED
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise StacError(f"STAC item {document.get('id')!r} does not validate:\n  {listed}{tail}")
+
+
+def offline_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON schemas shipped with xcloud, by the URL each is published under.
+
+    Returns
+    -------
+    dict
+        A new dict on every call (the caller may change it), e.g. to fill the
+        ``schema_cache`` of pystac's ``JsonSchemaSTACValidator`` so that ``item.validate``
+        runs offline.
+    """
+    return {url: json.loads(path.read_text(encoding="utf-8")) for url, path in _schema_files()}
+
+
+# -- offline validation ---------------------------------------------------------------------
+
+
+def _schema_files(folder: Any = None, url: str = "") -> Iterator[tuple[str, Any]]:
+    """(URL, file) of every shipped schema, walking ``schemas/`` (importlib resources)."""
+    if folder is None:
+        root = files(__package__) / "schemas"
+        for name, base in _SCHEMA_FOLDERS.items():
+            yield from _schema_files(root / name, base)
+        return
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            yield from _schema_files(entry, f"{url}/{entry.name}")
+        elif entry.name.endswith(".json"):
+            yield f"{url}/{entry.name}", entry
+
+
+@functools.lru_cache(maxsize=1)
+def _registry() -> Any:
+    """A ``referencing`` registry of the shipped schemas that never looks anything up."""
+    referencing = import_optional("referencing", extra="geo")
+    from referencing.jsonschema import DRAFT7
+
+    resources = [(url, referencing.Resource.from_contents(schema, default_specification=DRAFT7))
+                 for url, schema in offline_schemas().items()]
+    return referencing.Registry().with_resources(resources)
+
+
+def _schema_urls(document: Mapping[str, Any]) -> list[str]:
+    if document.get("type") != "Feature":
+        raise StacError(f"not a STAC item: its type is {document.get('type')!r}, not 'Feature'")
+    urls = [_ITEM_SCHEMA.format(version=document.get("stac_version")),
+            *document.get("stac_extensions", ())]
+    missing = [url for url in urls if url not in _registry()]
+    if missing:
+        raise StacError(
+            f"cannot validate offline: xcloud ships no copy of {', '.join(missing)} (the "
+            "shipped schemas are listed in xcloud/outputs/schemas/README.md); validate "
+            "online with pystac's item.validate() instead"
+        )
+    return urls
+
+
+def _errors(jsonschema: Any, document: Mapping[str, Any], url: str) -> list[str]:
+    exceptions = import_optional("referencing.exceptions", extra="geo")
+    validator = jsonschema.Draft7Validator({"$ref": url}, registry=_registry())
+    try:
+        found = list(validator.iter_errors(document))
+    except exceptions.Unresolvable as error:  # a $ref to a schema that is not shipped
+        raise StacError(f"cannot validate offline against {url}: {error}") from error
+    return list(dict.fromkeys(message for error in found for message in _deepest(error)))
+
+
+def _deepest(error: Any) -> list[str]:
+    """Where and why: the deepest errors under ``error`` (oneOf/anyOf keep their reasons in
+    ``context``; the deepest is the one about the field that is wrong)."""
+    leaves = list(_leaves(error))
+    depth = max(len(leaf.absolute_path) for leaf in leaves)
+    return [f"{leaf.json_path}: {_short(leaf.message)}" for leaf in leaves
+            if len(leaf.absolute_path) == depth]
+
+
+def _leaves(error: Any) -> Iterator[Any]:
+    if not error.context:
+        yield error
+    for child in error.context:
+        yield from _leaves(child)
+
+
+def _short(message: str, limit: int = 160) -> str:
+    return message if len(message) <= limit else f"{message[:limit]}..."
+
+
 # -- reading the mask -----------------------------------------------------------------------
 
 
@@ -211,10 +355,13 @@ def _default_id(href: str) -> str:
 def _properties(attrs: Mapping[str, Any], gsd: float) -> dict[str, Any]:
     from .. import __version__
 
-    properties: dict[str, Any] = {
-        "gsd": gsd,
-        "processing:software": {"xcloud": str(attrs.get("xcloud_version", __version__))},
-    }
+    version = str(attrs.get("xcloud_version", __version__))
+    properties: dict[str, Any] = {"gsd": gsd, "processing:software": {"xcloud": version}}
+    if "model" in attrs:
+        model = str(attrs["model"])
+        if "model_version" in attrs:
+            model += f" ({attrs['model_version']})"
+        properties["processing:lineage"] = f"cloud mask by xcloud {version}, model {model}"
     for key in ("model", "model_version", "class_scheme"):
         if key in attrs:
             properties[f"xcloud:{key}"] = attrs[key]

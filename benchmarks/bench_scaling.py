@@ -1,0 +1,209 @@
+"""Scaling of the main job: worker processes, threads vs processes, chunk size and halo.
+
+The job is ``predict(model="ukis-6b-l1c")`` + ``to_zarr`` on the real L1C scene mirrored to a
+``--size`` square (read lazily from its JP2 files, as in ``bench_scene_to_zarr.py``).
+
+1. **Workers.** ``xcloud.local_cluster`` with 1 and 2 worker processes of one thread each
+   (target: >= 1.8x on 2 cores), one worker process with 2 threads, and the Dask threaded
+   scheduler (no ``distributed``), all at one chunk size and the default halo.
+2. **Chunk size and halo** (threaded scheduler): throughput for each chunk size and halo
+   (0, half the default, the default). The halo is the price of seam-freedom: the table gives
+   its cost against halo 0 and how many pixels differ from the default halo's mask (which
+   equals the whole-image mask exactly). ``tiles`` counts the model tiles the chunks run
+   against the scene's unique lattice tiles (tiles across chunk borders run in both chunks).
+
+Every configuration first runs once on a small scene (loading models and compiled kernels in
+each process), then is timed. Chunks are enlarged to at least the halo by the engine: the
+``eff. chunk`` column says what ran.
+
+    python benchmarks/bench_scaling.py                  # 4096², chunks 512/1024/2048
+    python benchmarks/bench_scaling.py --quick          # 1600², chunks 800/1600, halo 0/774
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import _common
+import numpy as np
+
+MODEL = "ukis-6b-l1c"
+TARGET_SPEEDUP = 1.8
+WARM_UP = 512  # size of the untimed first run in each setup
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where the chunk tasks run: the threaded scheduler or a LocalCluster."""
+
+    label: str
+    workers: int = 0  # 0: the Dask threaded scheduler (default threads)
+    threads: int = 1
+
+    @contextmanager
+    def scheduler(self) -> Iterator[None]:
+        """A started cluster and client (closed on exit), or the threaded scheduler."""
+        if not self.workers:
+            import dask
+
+            with dask.config.set(scheduler="threads"):
+                yield
+            return
+        from distributed import Client
+
+        import xcloud
+
+        with xcloud.local_cluster(n_workers=self.workers, threads_per_worker=self.threads) \
+                as cluster, Client(cluster) as client:
+            # fill the model registry in each worker before its threads race to it: its lazy
+            # first load is not thread-safe yet (xcloud.models.registry._load_plugins)
+            client.run(xcloud.models.list)
+            yield
+
+
+@dataclass
+class Run:
+    """One timed job and what it produced."""
+
+    setup: str
+    chunk: int
+    halo: int
+    eff_chunk: int
+    tiles: tuple[int, int]  # run by the chunks, unique in the scene
+    meter: _common.Meter
+    store: Path
+
+    def mpx_per_s(self, size: int) -> float:
+        return size * size / self.meter.seconds / 1e6
+
+
+def job(size: int, chunk: int, halo: int | None,
+        store: Path) -> tuple[_common.Meter, int, tuple[int, int]]:
+    """Time predict + to_zarr once: the meter, the effective chunk, tiles run and unique."""
+    import xcloud
+
+    scene = _common.real_scene(size, chunk, xcloud.models.get(MODEL).info.bands)
+    with _common.stopwatch() as meter:
+        mask, task = _common.predict_capturing(scene, model=MODEL, halo=halo)
+        xcloud.to_zarr(mask, store, overwrite=True)
+    tiles, unique = _common.engine_tiles(task, (size, size))
+    return meter, int(mask.data.chunksize[-1]), (tiles, unique)
+
+
+def default_halo() -> int:
+    """The engine's default halo of the model on 10 m input, in input pixels."""
+    import xcloud
+
+    info = xcloud.models.get(MODEL).info
+    return math.ceil(info.context / (10.0 / info.resolution))
+
+
+def agreement(store: Path, reference: Path) -> str:
+    """Share of pixels whose class equals the reference mask's."""
+    import xarray as xr
+
+    ours = xr.open_zarr(store)["cloudmask"].values
+    theirs = xr.open_zarr(reference)["cloudmask"].values
+    equal = float(np.mean(ours == theirs))
+    return "identical" if equal == 1.0 else f"{100 * equal:.2f} %"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--chunk", type=int, default=1024, help="chunk size of part 1")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[512, 1024, 2048],
+                        help="chunk sizes of part 2")
+    _common.add_common_args(parser)
+    args = parser.parse_args()
+    _common.use_data(args.data)
+    full = default_halo()
+    if args.quick:
+        args.size, args.chunk, args.chunks = 1600, 800, [800, 1600]
+        grid = [(800, 0), (800, full), (1600, full)]
+    else:
+        grid = [(chunk, halo) for chunk in args.chunks for halo in (0, full // 2, full)]
+    cores = os.cpu_count() or 1
+    _common.print_header("bench_scaling: workers, threads vs processes, chunk size and halo",
+                         model=MODEL, image=f"{args.size}²", part1_chunk=args.chunk,
+                         default_halo=f"{full} px", cores=cores)
+    setups = [Setup("LocalCluster 1 process x 1 thread", workers=1),
+              Setup("LocalCluster 2 processes x 1 thread", workers=2),
+              Setup(f"LocalCluster 1 process x {cores} threads", workers=1, threads=cores),
+              Setup(f"threaded scheduler ({cores} threads)")]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = run_all(args, setups, grid, full, Path(tmp))
+        report(args, runs, setups, grid, full)
+
+
+def run_all(args: argparse.Namespace, setups: list[Setup], grid: list[tuple[int, int]],
+            full: int, tmp: Path) -> dict[tuple[str, int, int], Run]:
+    """Every configuration, warmed up then timed, keyed by (setup, chunk, halo)."""
+    runs: dict[tuple[str, int, int], Run] = {}
+    threaded = setups[-1]
+    for setup in setups:
+        todo = [(args.chunk, full)]
+        if setup is threaded:
+            todo += [config for config in grid if config != (args.chunk, full)]
+        with setup.scheduler():
+            job(WARM_UP, WARM_UP, 0, tmp / "warm-up.zarr")  # models and kernels loaded
+            for chunk, halo in todo:
+                store = tmp / f"{len(runs)}.zarr"
+                meter, eff_chunk, tiles = job(args.size, chunk, halo, store)
+                runs[setup.label, chunk, halo] = Run(setup.label, chunk, halo, eff_chunk, tiles,
+                                                     meter, store)
+                _common.progress(f"{setup.label}, chunk {chunk}, halo {halo}: "
+                                 f"{meter.seconds:.1f} s ({meter.noise})")
+    return runs
+
+
+def report(args: argparse.Namespace, runs: dict[tuple[str, int, int], Run],
+           setups: list[Setup], grid: list[tuple[int, int]], full: int) -> None:
+    """The two tables and the speed-ups."""
+    size = args.size
+    part1 = [runs[setup.label, args.chunk, full] for setup in setups]
+    base = part1[0]
+    reference = part1[-1].store
+    rows = [[run.setup, run.eff_chunk, f"{run.meter.seconds:.1f}", f"{run.mpx_per_s(size):.2f}",
+             f"{base.meter.seconds / run.meter.seconds:.2f}x", agreement(run.store, reference),
+             run.meter.noise] for run in part1]
+    _common.print_table(["setup", "eff. chunk", "s", "Mpx/s", "vs 1 process",
+                         "mask vs threaded", _common.NOISE_HEADER], rows,
+                        title=f"1. Workers ({size}², chunk {args.chunk}, default halo)")
+    one, two, threads_in_worker, threaded = part1
+    speedup = one.meter.seconds / two.meter.seconds
+    verdict = "meets" if speedup >= TARGET_SPEEDUP else "misses"
+    print(f"2 vs 1 worker processes: {speedup:.2f}x ({verdict} the >= {TARGET_SPEEDUP}x target)")
+    print(f"processes vs threads: 2 processes x 1 thread are "
+          f"{threaded.meter.seconds / two.meter.seconds:.2f}x the threaded scheduler, "
+          f"{threads_in_worker.meter.seconds / two.meter.seconds:.2f}x one process with "
+          f"threads")
+
+    threaded_label = setups[-1].label
+    rows = []
+    for chunk, halo in grid:
+        run = runs[threaded_label, chunk, halo]
+        no_halo = runs.get((threaded_label, chunk, 0))
+        reference = runs.get((threaded_label, chunk, full))
+        overhead = (f"{run.meter.seconds / no_halo.meter.seconds - 1:+.0%}" if no_halo
+                    else "-")
+        rows.append([chunk, run.eff_chunk, halo, f"{run.meter.seconds:.1f}",
+                     f"{run.mpx_per_s(size):.2f}", overhead,
+                     f"{run.tiles[0]} / {run.tiles[1]} = {run.tiles[0] / run.tiles[1]:.2f}",
+                     agreement(run.store, reference.store) if reference else "-",
+                     run.meter.noise])
+    _common.print_table(["chunk", "eff. chunk", "halo px", "s", "Mpx/s", "time vs halo 0",
+                         "tiles run / unique", "mask vs default halo",
+                         _common.NOISE_HEADER], rows,
+                        title=f"2. Chunk size and halo ({size}², {threaded_label})")
+
+
+if __name__ == "__main__":
+    main()
