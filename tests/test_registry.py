@@ -63,3 +63,27 @@ def test_entry_point_plugins_are_registered(tmp_path, monkeypatch, scene):
     np.testing.assert_array_equal(mask.values, (scene["B02"].values > 0.3).astype(np.uint8))
     registry._REGISTRY.pop("bright-is-cloud")
     sys.modules.pop("plugin_pkg", None)
+
+
+def test_first_lookups_from_many_threads_all_find_the_builtin_models():
+    """The first get() in a fresh process must not let other threads see an empty registry."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "import xcloud.models.registry as r\n"
+        "errors = []\n"
+        "def look():\n"
+        "    try:\n"
+        "        r.get('ukis-6b-l1c')\n"
+        "    except Exception as error:\n"
+        "        errors.append(repr(error))\n"
+        "threads = [threading.Thread(target=look) for _ in range(8)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "assert not errors, errors\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]

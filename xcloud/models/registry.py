@@ -53,6 +53,7 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _LOCK = threading.Lock()
+_LOAD_LOCK = threading.RLock()
 _STATE = {"entry_points_loaded": False, "builtins_loaded": False}
 
 
@@ -79,16 +80,21 @@ def _entries_from(obj: object) -> Iterable[ModelEntry]:
 
 
 def _load_plugins() -> None:
-    if not _STATE["builtins_loaded"]:
-        _STATE["builtins_loaded"] = True
-        # the modules register themselves
-        from . import cloudsen12, dl_l8s2_uv, kappamask, s2cloudless, sensei, ukis  # noqa: F401
-    if _STATE["entry_points_loaded"]:
+    """Import the built-in models and the entry points once; threads wait for it to finish
+    (a flag set before the imports let a second Dask thread see an empty registry)."""
+    if _STATE["builtins_loaded"] and _STATE["entry_points_loaded"]:
         return
-    _STATE["entry_points_loaded"] = True
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        for entry in _entries_from(point.load()):
-            register(entry, overwrite=True)
+    with _LOAD_LOCK:
+        if not _STATE["builtins_loaded"]:
+            # the modules register themselves
+            from . import cloudsen12, dl_l8s2_uv, kappamask, s2cloudless, sensei, ukis  # noqa: F401
+            _STATE["builtins_loaded"] = True
+        if _STATE["entry_points_loaded"]:
+            return
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            for entry in _entries_from(point.load()):
+                register(entry, overwrite=True)
+        _STATE["entry_points_loaded"] = True
 
 
 def list_models() -> list[str]:
