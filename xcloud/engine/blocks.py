@@ -182,28 +182,44 @@ def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
     return _upsample_core(proba, core, task.zoom, (height, width))
 
 
-def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
-                   core: Window | None = None) -> np.ndarray:
-    """The block's output; only the core (what survives the trim) is computed."""
+def _prepared(image: np.ndarray, task: BlockTask
+              ) -> tuple[CloudModel | None, np.ndarray | None, np.ndarray]:
+    """The model, the normalised image (no-data pixels 0) and the no-data mask of a block;
+    model and image are ``None`` when the block holds no data at all (the model is not run)."""
     empty = _nodata_mask(image, task)
-    output = _empty_output(image.shape[-2:], task)
     if empty.all():
-        return output
+        return None, None, empty
     model = get_model(task.spec)
     if task.spec.device == "cpu":
         limit_torch_threads(threads_per_task())
     normalized = model.info.normalization.apply(image)
     normalized[:, empty] = 0.0  # non-finite pixels are in `empty` (or raised) by now
-    proba = _model_probabilities(model, normalized, task, origin, core)
-    inside = _core_slices(core, image.shape[-2:])
-    core_empty = empty[inside]
+    return model, normalized, empty
+
+
+def _finish(proba: np.ndarray, core_empty: np.ndarray, task: BlockTask) -> np.ndarray:
+    """The core's output (channels, rows, columns): probabilities, or classes; no data where
+    ``core_empty``."""
+    model = get_model(task.spec)
     if task.output == "proba":
         proba = proba.astype(np.float32, copy=False)
         proba[:, core_empty] = np.nan
-        output[(slice(None), *inside)] = proba
-        return output
+        return proba
     values = np.asarray(model.info.scheme.values, np.uint8)
     classes = values[model.classify(proba)]
     classes[core_empty] = model.info.scheme.nodata.value
-    output[(0, *inside)] = classes
+    return classes[None]
+
+
+def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
+                   core: Window | None = None) -> np.ndarray:
+    """The block's output; only the core (what survives the trim) is computed."""
+    output = _empty_output(image.shape[-2:], task)
+    model, normalized, empty = _prepared(image, task)
+    if model is None:
+        return output
+    assert normalized is not None
+    proba = _model_probabilities(model, normalized, task, origin, core)
+    inside = _core_slices(core, image.shape[-2:])
+    output[(slice(None), *inside)] = _finish(proba, empty[inside], task)
     return output

@@ -16,6 +16,7 @@ from ..data.load import SOURCE_ITEMS_ATTR
 from ..models.protocol import ModelInfo
 from ..models.registry import get
 from ..outputs.cf import mask_attrs, probability_attrs
+from . import tile_once
 from .blocks import BlockTask, predict_block
 from .cache import ModelSpec
 from .device import resolve_device
@@ -43,11 +44,11 @@ def _as_dask(array: xr.DataArray, chunk: int) -> da.Array:
     return da.from_array(np.asarray(data), chunks=chunks)
 
 
-def _rechunk(array: da.Array, depth: int) -> da.Array:
-    """Time in chunks of 1, all bands in one chunk, spatial chunks no smaller than the halo."""
+def _rechunk(array: da.Array, smallest: int) -> da.Array:
+    """Time in chunks of 1, all bands in one chunk, spatial chunks of ``smallest`` or more."""
     ychunks, xchunks = array.chunks[-2:]
-    ychunks = ensure_minimum_chunksize(depth, ychunks)
-    xchunks = ensure_minimum_chunksize(depth, xchunks)
+    ychunks = ensure_minimum_chunksize(smallest, ychunks)
+    xchunks = ensure_minimum_chunksize(smallest, xchunks)
     return array.rechunk((1, -1, ychunks, xchunks))
 
 
@@ -183,12 +184,15 @@ def predict(
                        + (0.0 if offset is None else offset))
     zoom = (resolution or pixel_size(cube, default=info.resolution)) / info.resolution
     depth = _halo_pixels(info, zoom, halo)
+    tiles = info.tile_size if tile_size is None else tile_size
+    shared = tile_once.supports(tiles, zoom, depth, _halo_pixels(info, zoom, None))
     had_time = cube.ndim == 4
     if not had_time:
         cube = cube.expand_dims("time")
     # a halo wider than the image would only add mirrored pixels, which tiling adds anyway
     depth = min(depth, *cube.shape[-2:])
-    array = _rechunk(_as_dask(cube, chunk_size), depth)
+    smallest = max(depth, tile_once.min_chunk(tiles, zoom)) if shared else depth
+    array = _rechunk(_as_dask(cube, chunk_size), min(smallest, *cube.shape[-2:]))
     spec = ModelSpec.create(model, weights=weights, device=resolve_device(device),
                             runtime=runtime)
     task = BlockTask(
@@ -201,7 +205,8 @@ def predict(
         tile_overlap=info.tile_overlap if tile_overlap is None else tile_overlap,
         tile_anchor=info.tile_anchor, nodata=nodata, invalid=invalid,
     )
-    result = _wrap(_map_chunks(array, task, depth, boundary), cube, info, output, had_time)
+    mapped = (tile_once.map_tile_once if shared else _map_chunks)(array, task, depth, boundary)
+    result = _wrap(mapped, cube, info, output, had_time)
     if SOURCE_ITEMS_ATTR in data.attrs:
         result.attrs[SOURCE_ITEMS_ATTR] = list(data.attrs[SOURCE_ITEMS_ATTR])
     if lazy:

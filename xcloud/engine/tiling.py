@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..models.protocol import CloudModel
 
-__all__ = ["blend_window", "predict_tiled", "tile_starts"]
+__all__ = ["TileSums", "blend_window", "blended", "predict_tiled", "sum_tiles", "tile_starts"]
 
 _MIN_WEIGHT = 1e-3
 
@@ -60,6 +61,78 @@ def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int
         yield items[index:index + size]
 
 
+@dataclass
+class TileSums:
+    """Blend-weighted class probabilities of some lattice tiles, summed on a window of the grid.
+
+    ``origin`` is the (row, column) of element ``[0, 0]`` in the coordinates of the grid the
+    tiles were cut from; ``total`` (classes, h, w) holds the weighted probabilities and
+    ``weight`` (h, w) the weights, both in float64 so that sums of different groupings of the
+    same tiles agree to far below float32 precision.
+    """
+
+    origin: tuple[int, int]
+    total: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the sums."""
+        return self.total.nbytes + self.weight.nbytes
+
+    def add_to(self, total: np.ndarray, weight: np.ndarray, origin: tuple[int, int]) -> None:
+        """Add the part of these sums that falls on ``total``/``weight`` placed at ``origin``."""
+        source, target = [], []
+        for mine, theirs, mine_size, theirs_size in zip(
+                self.origin, origin, self.weight.shape, weight.shape, strict=True):
+            start, stop = max(mine, theirs), min(mine + mine_size, theirs + theirs_size)
+            if stop <= start:
+                return
+            source.append(slice(start - mine, stop - mine))
+            target.append(slice(start - theirs, stop - theirs))
+        total[(slice(None), *target)] += self.total[(slice(None), *source)]
+        weight[tuple(target)] += self.weight[tuple(source)]
+
+
+def _tile_window(image: np.ndarray, rows: list[int], cols: list[int], tile: int) -> np.ndarray:
+    """The pixels under the tiles' span, mirrored (symmetric) where it passes the image edge."""
+    height, width = image.shape[-2:]
+    top, bottom, left, right = rows[0], rows[-1] + tile, cols[0], cols[-1] + tile
+    window = image[:, max(0, top):min(height, bottom), max(0, left):min(width, right)]
+    pad = [(0, 0), (max(0, -top), max(0, bottom - height)), (max(0, -left), max(0, right - width))]
+    if any(any(side) for side in pad):
+        window = np.pad(window, pad, mode="symmetric")
+    return window
+
+
+def sum_tiles(model: CloudModel, image: np.ndarray, *, rows: list[int], cols: list[int],
+              tile_size: int, overlap: int, batch_size: int) -> TileSums:
+    """Run the tiles at ``rows`` x ``cols`` (local starts, sorted) and sum their blended output.
+
+    The returned sums cover the tiles' span; their origin is in the image's pixels.
+    """
+    window = _tile_window(image, rows, cols, tile_size)
+    corners = [(y - rows[0], x - cols[0]) for y in rows for x in cols]
+    weights = blend_window(tile_size, tile_size, overlap)
+    total: np.ndarray | None = None
+    weight_sum = np.zeros(window.shape[-2:], np.float64)
+    for batch in _batches(corners, batch_size):
+        tiles = np.stack([window[:, y:y + tile_size, x:x + tile_size] for y, x in batch])
+        proba = model.predict_proba(tiles)
+        if total is None:
+            total = np.zeros((proba.shape[1], *window.shape[-2:]), np.float64)
+        for (y, x), tile_proba in zip(batch, proba, strict=True):
+            total[:, y:y + tile_size, x:x + tile_size] += tile_proba * weights
+            weight_sum[y:y + tile_size, x:x + tile_size] += weights
+    assert total is not None
+    return TileSums((rows[0], cols[0]), total, weight_sum)
+
+
+def blended(total: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Probabilities (float32) from summed weighted probabilities and weights."""
+    return (total / np.maximum(weight, _MIN_WEIGHT)).astype(np.float32)
+
+
 def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None,
                   overlap: int, batch_size: int, anchor: int | None = None,
                   origin: tuple[int, int] = (0, 0),
@@ -81,25 +154,9 @@ def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None
     if region is not None:
         rows = _touching(rows, tile_size, region[0])
         cols = _touching(cols, tile_size, region[1])
-    before = (max(0, -rows[0]), max(0, -cols[0]))
-    after = (max(0, rows[-1] + tile_size - image.shape[-2]),
-             max(0, cols[-1] + tile_size - image.shape[-1]))
-    padded = np.pad(image, [(0, 0), (before[0], after[0]), (before[1], after[1])],
-                    mode="symmetric")
-    corners = [(y + before[0], x + before[1]) for y in rows for x in cols]
-    weights = blend_window(tile_size, tile_size, overlap)
-    total: np.ndarray | None = None
-    weight_sum = np.zeros(padded.shape[-2:], np.float32)
-    for batch in _batches(corners, batch_size):
-        tiles = np.stack([padded[:, y:y + tile_size, x:x + tile_size] for y, x in batch])
-        proba = model.predict_proba(tiles)
-        if total is None:
-            total = np.zeros((proba.shape[1], *padded.shape[-2:]), np.float32)
-        for (y, x), tile_proba in zip(batch, proba, strict=True):
-            total[:, y:y + tile_size, x:x + tile_size] += tile_proba * weights
-            weight_sum[y:y + tile_size, x:x + tile_size] += weights
-    assert total is not None
-    core = (slice(None), slice(before[0], before[0] + image.shape[-2]),
-            slice(before[1], before[1] + image.shape[-1]))
-    covered = np.maximum(weight_sum[core[1:]], _MIN_WEIGHT)
-    return total[core] / covered
+    sums = sum_tiles(model, image, rows=rows, cols=cols, tile_size=tile_size, overlap=overlap,
+                     batch_size=batch_size)
+    total = np.zeros((sums.total.shape[0], *image.shape[-2:]), np.float64)
+    weight = np.zeros(image.shape[-2:], np.float64)
+    sums.add_to(total, weight, (0, 0))
+    return blended(total, weight)

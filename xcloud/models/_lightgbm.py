@@ -226,8 +226,9 @@ def _preorder(roots: np.ndarray, left: np.ndarray, right: np.ndarray, feature: n
 
 
 def _float32_floor(values: np.ndarray) -> np.ndarray:
-    """The largest float32 <= each value (NaN stays NaN)."""
-    rounded = values.astype(np.float32)
+    """The largest float32 <= each value (NaN stays NaN, values beyond float32 saturate)."""
+    with np.errstate(over="ignore"):
+        rounded = values.astype(np.float32)
     above = rounded.astype(np.float64) > values
     rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
     return rounded
@@ -379,6 +380,7 @@ def _rows_general(x: np.ndarray, start: int, stop: int, feature: np.ndarray,
 @_inline
 def _rows(x: np.ndarray, start: int, stop: int, model: tuple, sigmoid: float, transform: bool,
           simple: bool, out: np.ndarray) -> None:
+    """Rows ``start:stop`` on the fast kernel (``simple``) or the general one."""
     feature, buffer_offset, step, threshold, threshold64, decision, value, roots = model
     if simple:
         _rows_fast(x, start, stop, (buffer_offset, step, threshold), value, roots, sigmoid,
@@ -391,12 +393,14 @@ def _rows(x: np.ndarray, start: int, stop: int, model: tuple, sigmoid: float, tr
 @_jit
 def _predict_serial(x: np.ndarray, model: tuple, sigmoid: float, transform: bool,
                     simple: bool, out: np.ndarray) -> None:
+    """All rows on the calling thread (GIL released)."""
     _rows(x, 0, x.shape[0], model, sigmoid, transform, simple, out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _predict_parallel(x: np.ndarray, model: tuple, sigmoid: float, transform: bool,
                       simple: bool, out: np.ndarray) -> None:
+    """Chunks of ``_CHUNK`` rows on numba's threads."""
     chunks = (x.shape[0] + _CHUNK - 1) // _CHUNK
     for chunk in numba.prange(chunks):
         start = chunk * _CHUNK

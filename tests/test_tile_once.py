@@ -1,0 +1,124 @@
+"""Shared tiles: every lattice tile runs once, and chunked masks equal whole-image masks."""
+
+import threading
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+from xcloud.engine import clear_cache, tile_once
+from xcloud.engine.predict import predict
+from xcloud.engine.tiling import tile_starts
+from xcloud.models.classes import UKIS_SCHEME
+from xcloud.models.protocol import BaseCloudModel, ModelInfo, Normalization
+from xcloud.models.registry import ModelEntry, register
+
+TILE, OVERLAP = 32, 8
+
+
+class ContextModel(BaseCloudModel):
+    """Not shift invariant: a 5 x 5 box mean of the input plus a ramp across the tile, so any
+    tile cut off the scene lattice, or padded differently, changes the output."""
+
+    def __init__(self, info: ModelInfo):
+        self.info = info
+        self.tiles = 0
+        self._lock = threading.Lock()
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.tiles += batch.shape[0]
+        padded = np.pad(batch, [(0, 0), (0, 0), (2, 2), (2, 2)], mode="edge")
+        box = sum(padded[:, :, dy:dy + batch.shape[2], dx:dx + batch.shape[3]]
+                  for dy in range(5) for dx in range(5)) / 25
+        ramp = np.linspace(-1, 1, batch.shape[3], dtype=np.float32)
+        logits = np.stack([4 * box[:, 0] + ramp, 4 * box[:, 1] - ramp,
+                           3 * (batch[:, 0] - batch[:, 1])], axis=1)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _register(name: str, resolution: float) -> ContextModel:
+    info = ModelInfo(name, "0", ("B02", "B03"), resolution, UKIS_SCHEME,
+                     normalization=Normalization("none"), tile_size=TILE, tile_overlap=OVERLAP)
+    model = ContextModel(info)
+    register(ModelEntry(info=info, loader=lambda **_: model), overwrite=True)
+    clear_cache()
+    return model
+
+
+def _scene(height: int, width: int, seed: int = 0) -> xr.DataArray:
+    rng = np.random.default_rng(seed)
+    smooth = rng.random((2, height // 8 + 2, width // 8 + 2)).repeat(8, 1).repeat(8, 2)
+    values = (0.3 * smooth[:, :height, :width] + 0.2 * rng.random((2, height, width)))
+    return xr.DataArray(values.astype(np.float32), dims=("band", "y", "x"),
+                        coords={"band": ["B02", "B03"], "y": 5000 - 10.0 * np.arange(height),
+                                "x": 300000 + 10.0 * np.arange(width)})
+
+
+def _unique_tiles(height: int, width: int, factor: int) -> int:
+    counts = [len(tile_starts(-(-n // factor), TILE, TILE - OVERLAP, -OVERLAP))
+              for n in (height, width)]
+    return counts[0] * counts[1]
+
+
+def _run(scene: xr.DataArray, name: str, chunks: int | tuple, output: str = "class"):
+    with dask.config.set(scheduler="threads"):
+        return predict(scene.chunk({"y": chunks, "x": chunks}), model=name, output=output,
+                       resolution=10).compute()
+
+
+@pytest.mark.parametrize(("resolution", "factor", "chunks"), [
+    (10.0, 1, 70), (10.0, 1, (90, 70, 45, 95)), (30.0, 3, 120), (30.0, 3, (130, 110, 61)),
+])
+def test_each_tile_runs_once_and_chunks_equal_the_whole(resolution, factor, chunks):
+    height, width = (300, 300) if factor == 1 else (301, 301)
+    scene, name = _scene(height, width), f"context-{factor}"
+    model = _register(name, resolution)
+    whole = _run(scene, name, max(height, width))
+    model.tiles = 0
+    chunked = _run(scene, name, chunks)
+    assert chunked.chunks is None and len(chunked.x) == width
+    assert model.tiles == _unique_tiles(height, width, factor)
+    np.testing.assert_array_equal(chunked.values, whole.values)
+    classes = np.unique(whole.values)
+    assert len(classes) == 3  # the test model is not trivially constant
+
+
+def test_probabilities_match_the_whole_image():
+    scene = _scene(200, 260, seed=3)
+    _register("context-proba", 10.0)
+    whole = _run(scene, "context-proba", 260, output="proba")
+    chunked = _run(scene, "context-proba", 66, output="proba")
+    np.testing.assert_allclose(chunked.values, whole.values, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(whole.sum("class").values, 1, atol=1e-5)
+
+
+def test_old_path_runs_border_tiles_twice():
+    """The control: with a smaller halo the per-chunk engine runs, and reruns shared tiles."""
+    scene = _scene(300, 300)
+    model = _register("context-halo", 10.0)
+    with dask.config.set(scheduler="threads"):
+        predict(scene.chunk({"y": 100, "x": 100}), model="context-halo", resolution=10,
+                halo=TILE).compute()
+    assert model.tiles > _unique_tiles(300, 300, 1)
+
+
+def test_supports_only_tiled_integer_zooms_with_the_default_halo():
+    assert tile_once.supports(256, 1.0, 258, 258)
+    assert tile_once.supports(256, 1 / 3, 774, 774)
+    assert not tile_once.supports(None, 1.0, 0, 0)
+    assert not tile_once.supports(256, 2.0, 129, 129)
+    assert not tile_once.supports(256, 2 / 3, 387, 387)
+    assert not tile_once.supports(256, 1.0, 100, 258)
+    assert tile_once.min_chunk(256, 1.0) == 258 and tile_once.min_chunk(256, 1 / 3) == 780
+
+
+def test_all_nodata_chunks_run_no_tiles():
+    scene = _scene(300, 300)
+    scene[:, :150, :] = np.nan
+    model = _register("context-empty", 10.0)
+    mask = _run(scene, "context-empty", 100)
+    assert (mask.values[:150 - TILE] == UKIS_SCHEME.nodata.value).all()
+    assert 0 < model.tiles < _unique_tiles(300, 300, 1)
