@@ -208,9 +208,9 @@ def predict_capturing(scene: Any, **kwargs: Any) -> tuple[Any, Any]:
     captured: dict[str, Any] = {}
     original = engine._map_chunks
 
-    def capture(array: Any, task: Any, depth: int, boundary: str) -> Any:
+    def capture(array: Any, task: Any, boundary: str) -> Any:
         captured["task"] = task
-        return original(array, task, depth, boundary)
+        return original(array, task, boundary)
 
     engine._map_chunks = capture
     try:
@@ -227,17 +227,19 @@ def _axis_blocks(task: Any, axis: int) -> Iterator[tuple[int, int, tuple[int, in
     stops = task.chunk_stops[axis]
     for index, stop in enumerate(stops):
         origin = _chunk_origin(task, axis, index)
-        after = task.depth if index < len(stops) - 1 or task.halo_at_edges else 0
+        after = task.depth[axis] if index < len(stops) - 1 or task.halo_at_edges else 0
         yield origin, stop + after - origin, _core(task, axis, index, origin)
 
 
 def engine_tiles(task: Any, shape: tuple[int, int]) -> tuple[int, int]:
     """Model tiles the chunk tasks run over a scene of ``shape``, and its unique lattice tiles.
 
-    Counted with the engine's own functions (``tile_starts`` and the chunk origins, cores and
-    model regions of ``xcloud.engine.blocks``), per axis: a chunk runs the product of its rows
-    and columns of tiles. Tiles across chunk borders run in each chunk they touch.
+    Counted with the engine's own functions, per axis (a chunk runs the product of its rows and
+    columns of tiles): with shared tiles (``xcloud.engine.tile_once``) the lattice tiles whose
+    start lies in each chunk's owned stretch; otherwise the tiles that touch each chunk's core
+    (model region), where tiles across chunk borders run in each chunk they touch.
     """
+    from xcloud.engine import tile_once
     from xcloud.engine.blocks import _model_region
     from xcloud.engine.tiling import _touching, tile_starts
 
@@ -247,15 +249,19 @@ def engine_tiles(task: Any, shape: tuple[int, int]) -> tuple[int, int]:
     anchor = -task.tile_overlap if task.tile_anchor is None else task.tile_anchor
     run = unique = 1
     for axis, length in enumerate(shape):
+        lattice = tile_starts(max(1, round(length * task.zoom)), task.tile_size, stride, anchor)
         count = 0
-        for origin, block, core in _axis_blocks(task, axis):
+        for index, (origin, block, core) in enumerate(_axis_blocks(task, axis)):
+            if task.shared:
+                low, high = tile_once._owned_span(task, axis, index)
+                count += sum(low <= start < high for start in lattice)
+                continue
             starts = tile_starts(max(1, round(block * task.zoom)), task.tile_size, stride,
                                  anchor, round(origin * task.zoom))
             region = _model_region((core, core), task.zoom)[0]
             count += len(_touching(starts, task.tile_size, region))
         run *= count
-        unique *= len(tile_starts(max(1, round(length * task.zoom)), task.tile_size, stride,
-                                  anchor))
+        unique *= len(lattice)
     return run, unique
 
 

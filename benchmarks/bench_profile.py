@@ -119,28 +119,26 @@ class _TimedModel:
 
 @contextmanager
 def instrumented(timer: StageTimer) -> Iterator[None]:
-    """Wrap the functions a chunk task calls (xcloud.engine.blocks' names) for one run."""
+    """Wrap the functions a chunk's tasks call (the engine modules' own names) for one run."""
     from xcloud.models.protocol import Normalization
 
     blocks = importlib.import_module("xcloud.engine.blocks")
-    saved = {name: getattr(blocks, name)
-             for name in ("_nodata_mask", "_resize", "predict_tiled", "get_model")}
-    apply = Normalization.apply
-
-    def resize_stage(array: np.ndarray, shape: tuple[int, int]) -> str:
-        return "to model grid" if shape[0] < array.shape[-2] else "back to 10 m"
-
-    blocks._nodata_mask = timer.wrap("no-data check", saved["_nodata_mask"])
-    blocks._resize = timer.wrap(resize_stage, saved["_resize"])
-    blocks.predict_tiled = timer.wrap("tiles", saved["predict_tiled"])
-    blocks.get_model = lambda spec: _TimedModel(saved["get_model"](spec), timer)
+    shared = importlib.import_module("xcloud.engine.tile_once")
+    stages = [(blocks, "_nodata_mask", "no-data check"), (shared, "_resize", "to model grid"),
+              (shared, "sum_tiles", "tiles"), (shared, "blended", "sum + blend"),
+              (shared, "_upsample_core", "back to 10 m"), (shared, "_finish", "classify")]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in stages]
+    get_model, apply = blocks.get_model, Normalization.apply
+    for module, name, stage in stages:
+        setattr(module, name, timer.wrap(stage, getattr(module, name)))
+    blocks.get_model = lambda spec: _TimedModel(get_model(spec), timer)
     Normalization.apply = timer.wrap("normalise", apply)
     try:
         yield
     finally:
-        for name, function in saved.items():
-            setattr(blocks, name, function)
-        Normalization.apply = apply
+        for module, name, function in saved:
+            setattr(module, name, function)
+        blocks.get_model, Normalization.apply = get_model, apply
 
 
 def _native_groups(bands: tuple[str, ...]) -> dict[int, list[str]]:
@@ -203,22 +201,26 @@ def chunk_geometry(task: Any, row: int, col: int) -> tuple[int, tuple[slice, sli
         origin = _chunk_origin(task, axis, index)
         core = _core(task, axis, index, origin)
         cores.append(slice(*core))
-        sides.append(core[1] + task.depth)
+        sides.append(core[1] + task.depth[axis])
     return max(sides), (cores[0], cores[1])
 
 
 def run_chunk(task: Any, block: np.ndarray, row: int, col: int) -> tuple[StageTimer, float,
                                                                           np.ndarray]:
-    """The engine's chunk task on ``block``, instrumented: timer, total seconds, output."""
-    from xcloud.engine.blocks import predict_block
+    """The engine's tasks for one chunk on ``block``, instrumented: its tile sums (the tiles it
+    owns) and its output (its sums plus those of the chunks before it, computed beforehand on
+    the same pixels), as :mod:`xcloud.engine.tile_once` runs them; timer, seconds, output."""
+    from xcloud.engine.tile_once import combine, tile_sums
 
-    info = {None: {"chunk-location": (0, 0, row, col)}}
     with engine_threads(1):
-        predict_block(block[..., :600, :600], task)  # model loaded, kernels compiled
+        tile_sums(block[..., :600, :600], task, 0, 0)  # model loaded, kernels compiled
+        before = [tile_sums(block, task, r, c) for r in (row - 1, row) for c in (col - 1, col)
+                  if r >= 0 and c >= 0 and (r, c) != (row, col)]
         timer = StageTimer()
         with instrumented(timer):
             start = time.perf_counter()
-            out = predict_block(block, task, block_info=info)
+            own = tile_sums(block, task, row, col)
+            out = combine(task, row, col, [*before, own])
             total = time.perf_counter() - start
     return timer, total, out
 
@@ -236,7 +238,7 @@ def measure_write(classes: np.ndarray, size: int, chunk: int, region: tuple[slic
     xr.Dataset({"cloudmask": (("time", "y", "x"), zeros)}).to_zarr(
         store, compute=False, zarr_format=3, consolidated=False)
     target = _ChunkTarget(str(store), "cloudmask", 3, (slice(0, 1), *region),
-                          str(tmp / "marker"))
+                          str(tmp / "marker"), str(tmp / "failures"))
     _write_chunk(classes[None], target)
     return best_of(lambda: _write_chunk(classes[None], target), repeats)
 
@@ -244,25 +246,14 @@ def measure_write(classes: np.ndarray, size: int, chunk: int, region: tuple[slic
 def read_amplification(task: Any, chunk: int) -> tuple[float, int]:
     """Source chunks ``to_zarr`` reads per output chunk, and its batch size.
 
-    It computes neighbouring chunks in batches; each batch reads every source chunk its chunks'
-    halos reach, and nothing is kept between batches.
+    It computes neighbouring chunks in batches and carries the source chunks that later
+    batches' halos need (:mod:`xcloud.engine.batches`): every source chunk is read once.
     """
     from xcloud.outputs.zarr import _batch_size
 
     with engine_threads(1):
         batch = _batch_size()
-    shape = (len(task.chunk_stops[0]), len(task.chunk_stops[1]))
-    radius = math.ceil(task.depth / chunk)
-    order = list(np.ndindex(*shape))
-    reads = 0
-    for first in range(0, len(order), batch):
-        needed = set()
-        for row, col in order[first:first + batch]:
-            needed |= {(r, c)
-                       for r in range(max(0, row - radius), min(shape[0], row + radius + 1))
-                       for c in range(max(0, col - radius), min(shape[1], col + radius + 1))}
-        reads += len(needed)
-    return reads / len(order), batch
+    return 1.0, batch
 
 
 def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -282,7 +273,7 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     block = _common.real_scene_numpy(side, info.bands).transpose(2, 0, 1)[None].copy()
     timer, total, out = run_chunk(task, block, row, col)
     chunk_px = (core[0].stop - core[0].start) * (core[1].stop - core[1].start)
-    write_s = measure_write(out[0, 0][core], args.size, args.chunk,
+    write_s = measure_write(out[0, 0], args.size, args.chunk,
                             (slice(task.chunk_starts[0][row], task.chunk_stops[0][row]),
                              slice(task.chunk_starts[1][col], task.chunk_stops[1][col])),
                             tmp, repeats)
@@ -293,25 +284,27 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     per_chunk = args.size**2 / chunk_px  # chunk-equivalents in the scene
     seconds = timer.seconds
     model_s = seconds.pop("model", 0.0)
-    blend_s = seconds.pop("tiles", 0.0) - model_s
+    blend_s = seconds.pop("tiles", 0.0) - model_s + seconds.pop("sum + blend", 0.0)
     per_tile = model_s / max(timer.tiles, 1)
     rest_s = total - model_s - blend_s - sum(seconds.values())
     table = [
         ("read + decode (JP2 -> reflectance)", read_s * chunk_px / scene_px,
          read_s * args.size**2 / scene_px * amplification,
-         f"{1e6 * read_s / scene_px:.2f} s/Mpx; x{amplification:.2f} re-reads "
-         f"(batches of {batch} chunks)"),
+         f"{1e6 * read_s / scene_px:.2f} s/Mpx; x{amplification:.2f} reads per source "
+         f"(batches of {batch} chunks, shared sources carried)"),
         ("resample 20 m -> 10 m (load, numba)", upsample_s,
-         upsample_s * per_chunk * amplification, f"x{amplification:.2f} re-reads"),
+         upsample_s * per_chunk * amplification, f"x{amplification:.2f} per source"),
         *((name, value, value * per_chunk, "chunk + halo") for name, value in seconds.items()
           if name in ("no-data check", "normalise", "to model grid")),
         ("model predict_proba", model_s, per_tile * tiles_run,
          f"{1e3 * per_tile:.0f} ms/tile x {tiles_run} tiles ({tiles_unique} unique)"),
-        ("tiles: cut, pad, blend", blend_s, blend_s / max(timer.tiles, 1) * tiles_run,
-         "per tile"),
+        ("tiles: cut, pad, weight, sum, blend", blend_s,
+         blend_s / max(timer.tiles, 1) * tiles_run, "per tile"),
         ("back to 10 m (probabilities)", seconds.get("back to 10 m", 0.0),
          seconds.get("back to 10 m", 0.0) * per_chunk, "core"),
-        ("classify + rest of the task", rest_s, rest_s * per_chunk, "core"),
+        ("classify", seconds.get("classify", 0.0), seconds.get("classify", 0.0) * per_chunk,
+         "core"),
+        ("rest of the tasks", rest_s, rest_s * per_chunk, "core"),
         ("write chunk to Zarr", write_s, write_s * per_chunk, "core"),
     ]
     cpu_total = sum(scene for _, _, scene, _ in table)
@@ -323,7 +316,7 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         ["stage", f"one chunk s ({chunk_px / 1e6:.1f} Mpx)", f"scene s ({args.size}²)",
          "share", "scaled by"], rows,
         title=f"1. Where the time goes: {args.size}² in {args.chunk} px chunks on {args.device} "
-              f"(chunk ({row}, {col}) of {chunks[0]} x {chunks[1]}, halo {task.depth} px, "
+              f"(chunk ({row}, {col}) of {chunks[0]} x {chunks[1]}, halo {task.depth[0]} px, "
               f"block {side}², model batch {args.batch_size}; {_common.NOISE_HEADER} "
               f"{meter.noise})")
     decode = table[0][2] + table[1][2]

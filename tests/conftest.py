@@ -90,3 +90,15 @@ def stac_api() -> Iterator[StacApiServer]:
     server = start_stac_api()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _registry_left_as_found() -> Iterator[None]:
+    """Models a test registers are forgotten after it (other tests list every model)."""
+    from xcloud.models import list_models, registry, unregister
+
+    list_models()  # built-ins and plugins first, so that they are not taken for the test's
+    before = set(registry._REGISTRY)
+    yield
+    for name in set(registry._REGISTRY) - before:
+        unregister(name)

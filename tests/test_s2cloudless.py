@@ -48,5 +48,6 @@ def test_mask_and_probability_equal_the_detector(reference_scenes):
 def test_chunked_equals_whole(reference_scenes):
     _, dataset = reference_scenes
     whole = dataset.cloudmask.predict(model="s2cloudless")
-    chunked = dataset.chunk({"y": 40, "x": 40}).cloudmask.predict(model="s2cloudless")
-    np.testing.assert_array_equal(chunked.values, whole.values)
+    for size in (40, 23):  # dilation and averaging near chunk borders see the halo
+        chunked = dataset.chunk({"y": size, "x": size}).cloudmask.predict(model="s2cloudless")
+        np.testing.assert_array_equal(chunked.values, whole.values)

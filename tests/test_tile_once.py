@@ -12,9 +12,17 @@ from xcloud.engine.predict import predict
 from xcloud.engine.tiling import tile_starts
 from xcloud.models.classes import UKIS_SCHEME
 from xcloud.models.protocol import BaseCloudModel, ModelInfo, Normalization
-from xcloud.models.registry import ModelEntry, register
+from xcloud.models.registry import ModelEntry, register, unregister
 
 TILE, OVERLAP = 32, 8
+REGISTERED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _forget_test_models():
+    yield
+    while REGISTERED:
+        unregister(REGISTERED.pop())
 
 
 class ContextModel(BaseCloudModel):
@@ -44,6 +52,7 @@ def _register(name: str, resolution: float) -> ContextModel:
                      normalization=Normalization("none"), tile_size=TILE, tile_overlap=OVERLAP)
     model = ContextModel(info)
     register(ModelEntry(info=info, loader=lambda **_: model), overwrite=True)
+    REGISTERED.append(name)
     clear_cache()
     return model
 
@@ -122,3 +131,14 @@ def test_all_nodata_chunks_run_no_tiles():
     mask = _run(scene, "context-empty", 100)
     assert (mask.values[:150 - TILE] == UKIS_SCHEME.nodata.value).all()
     assert 0 < model.tiles < _unique_tiles(300, 300, 1)
+
+
+@pytest.mark.parametrize(("height", "width", "chunks"),
+                         [(1, 3, 2), (2, 1, 1), (1, 1, 1), (4, 40, 5)])
+def test_images_smaller_than_a_model_pixel_or_the_halo(height, width, chunks):
+    scene = _scene(height, width, seed=5)
+    _register("context-tiny", 30.0)
+    whole = _run(scene, "context-tiny", max(height, width))
+    chunked = _run(scene, "context-tiny", chunks)
+    assert whole.shape == (height, width)
+    np.testing.assert_array_equal(chunked.values, whole.values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -228,6 +229,58 @@ def test_resume_after_sigkill_finishes_only_missing_chunks(tmp_path, zarr_format
     xr.testing.assert_identical(load(store), load(reference))
     assert dict(zarr.open_group(str(store)).attrs) == dict(zarr.open_group(str(reference)).attrs)
     assert not state_dir(store).exists() and not list(store.rglob("*.partial"))
+
+
+RANDOM_KILLS = 8  # writer processes killed at random points (seeded); reruns finish them
+
+
+def kill_at_random(process: subprocess.Popen, store: Path, rng: random.Random) -> None:
+    """SIGKILL the writer a random 0-2.4 s after it starts writing (template or chunks)."""
+    deadline = time.monotonic() + 60
+    begun = (store, state_dir(store))
+    while time.monotonic() < deadline and process.poll() is None and not (
+            any(path.exists() for path in begun)
+            or any(store.parent.glob(f".{store.name}.xcloud-tmp-*"))):
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 2.4))  # 18 chunks of 0.15 s: the template or a chunk
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def written_chunks(store: Path, zarr_format: int) -> set[str]:
+    everything = {f"{t}.{i}.{j}" for t in range(2) for i in range(3) for j in range(3)}
+    return {key for key in everything if chunk_file(store, key, zarr_format).is_file()}
+
+
+@pytest.mark.slow
+def test_repeated_random_sigkills_never_lose_or_corrupt_a_chunk(tmp_path):
+    rng = random.Random(8)
+    references = {}
+    for zarr_format in (2, 3):
+        to_zarr(synthetic_mask(), tmp_path / f"reference{zarr_format}.zarr",
+                zarr_format=zarr_format)
+        references[zarr_format] = load(tmp_path / f"reference{zarr_format}.zarr")
+    interrupted, kills, run = 0, 0, 0
+    while kills < RANDOM_KILLS:
+        store, zarr_format = tmp_path / f"killed{run}.zarr", rng.choice((2, 3))
+        for _ in range(min(rng.choice((1, 2)), RANDOM_KILLS - kills)):  # resumes killed too
+            kill_at_random(start_writer(tmp_path, store, zarr_format), store, rng)
+            kills += 1
+        interrupted += _is_group_unfinished(store)
+        run += 1
+        summary = to_zarr(synthetic_mask(), store, zarr_format=zarr_format)
+        assert summary.chunks_written + summary.chunks_skipped in (0, 18)
+        assert written_chunks(store, zarr_format) == written_chunks(
+            tmp_path / f"reference{zarr_format}.zarr", zarr_format)  # none missing
+        xr.testing.assert_identical(load(store), references[zarr_format])  # none corrupt
+        assert not state_dir(store).exists() and not list(store.rglob("*.partial"))
+    assert interrupted >= 1  # the kills did land in the middle of writes
+
+
+def _is_group_unfinished(store: Path) -> bool:
+    if not store.exists():
+        return False
+    return zarr.open_group(str(store), mode="r").attrs.get("xcloud:complete") is False
 
 
 def test_resuming_with_another_mask_is_refused(tmp_path):

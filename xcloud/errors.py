@@ -7,9 +7,13 @@ what the user can do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AssetReadError",
+    "AssetReadWarning",
     "BandError",
     "ChunkSizeError",
+    "CrsError",
     "DatasetError",
+    "GridError",
     "InputDtypeError",
     "InvalidReflectanceError",
     "MissingBandError",
@@ -92,5 +96,21 @@ class DatasetError(XcloudError, ValueError):
     """Training or evaluation data are not in the expected layout (variables, shapes, labels)."""
 
 
+class GridError(BandError):
+    """The input bands are not on one pixel grid (other dimensions, sizes or coordinates)."""
+
+
+class CrsError(XcloudError, ValueError):
+    """An output needs a coordinate reference system and the data do not carry one."""
+
+
+class AssetReadError(StacError, OSError):
+    """An asset file of a STAC item cannot be read (missing, corrupt or truncated)."""
+
+
 class XcloudWarning(UserWarning):
     """Base class of xcloud's warnings."""
+
+
+class AssetReadWarning(XcloudWarning):
+    """An asset could not be read; its pixels were marked no data (``strict=False``)."""

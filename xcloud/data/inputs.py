@@ -8,7 +8,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import xarray as xr
 
-from ..errors import BandError, InputDtypeError, XcloudWarning
+from ..errors import BandError, GridError, InputDtypeError, XcloudWarning
 from .bands import match_bands
 
 __all__ = ["band_cube", "pixel_size", "spatial_dims", "to_reflectance"]
@@ -42,11 +42,36 @@ def _band_labels(array: xr.DataArray) -> list[str]:
     return labels
 
 
+def _grid(variable: xr.DataArray) -> tuple[tuple[Hashable, int], ...]:
+    """The (dimension, size) pairs of a variable's rows and columns."""
+    return tuple((dim, variable.sizes[dim]) for dim in spatial_dims(variable))
+
+
+def _check_one_grid(data: xr.Dataset, names: Sequence[str]) -> None:
+    """Raise :class:`GridError` unless the variables ``names`` share rows and columns.
+
+    Variables of one Dataset that share dimension names share their coordinates, so bands on
+    other grids (20 m and 60 m bands read at their native resolution) show up as other
+    dimensions or sizes.
+    """
+    grids = {name: _grid(data[name]) for name in names}
+    reference = grids[names[0]]
+    others = [name for name in names if grids[name] != reference]
+    if others:
+        shown = "; ".join(f"{name} {dict(grids[name])}" for name in [names[0], *others])
+        raise GridError(
+            f"the bands are not on one pixel grid ({shown}); bring them to one grid first: "
+            "xcloud.load(items, resolution=10) does it, or resample the others with "
+            "rioxarray's .rio.reproject_match() or xarray's .interp_like()"
+        )
+
+
 def band_cube(data: xr.Dataset | xr.DataArray, bands: Sequence[str]) -> xr.DataArray:
     """Select ``bands`` (canonical names) from ``data``, in that order, as (..., band, y, x)."""
     if isinstance(data, xr.Dataset):
         names = match_bands(data.data_vars, bands)
-        ydim, xdim = spatial_dims(data)
+        _check_one_grid(data, names)
+        ydim, xdim = spatial_dims(data[names[0]])
         cube = xr.concat([data[n] for n in names], dim="band", coords="minimal",
                          compat="override", join="exact")
     elif isinstance(data, xr.DataArray):

@@ -5,12 +5,23 @@ the output is finer by an integer factor (20 m and 60 m bands onto 10 m: ``bilin
 KappaMask's Blackman-windowed ``sinc``); other cases use odc-stac's own resampling. Digital
 numbers become reflectance by the rule of :mod:`xcloud.data.radiometry`, item by item, before
 anything is resampled or fused, so items of different processing baselines mix safely.
+
+Read failures: an asset that cannot be read when a chunk is computed (missing, truncated or
+corrupt file) raises :class:`~xcloud.errors.AssetReadError` with ``strict=True``. By default
+the read is caught where it happens (inside the Dask task), that item's pixels of the chunk
+become no data (NaN; masks mark them no data, never clear), an
+:class:`~xcloud.errors.AssetReadWarning` is issued and the failure is recorded in the process
+that read it (:func:`take_read_failures`); :func:`xcloud.to_zarr` collects these records and
+stores their count and item ids in the store's ``xcloud:read_failures`` attribute.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +29,12 @@ import numpy as np
 import xarray as xr
 
 from .._optional import import_optional
-from ..errors import StacError
+from ..errors import AssetReadError, AssetReadWarning, StacError
 from .bands import SENTINEL2_BANDS, canonical_band_name
 from .items import as_items, common_bands, harmonize_item, item_radiometry
 from .radiometry import Radiometry
 
-__all__ = ["SOURCE_ITEMS_ATTR", "load"]
+__all__ = ["SOURCE_ITEMS_ATTR", "ReadFailure", "load", "take_read_failures"]
 
 SOURCE_ITEMS_ATTR = "source_items"
 """Dataset/mask attribute listing the ids of the STAC items the data came from."""
@@ -33,12 +44,131 @@ _GROUPINGS = ("solar_day", "time", "id")
 
 
 @dataclass(frozen=True)
+class ReadFailure:
+    """One asset read that failed: which item and band, from where, why, for which chunk.
+
+    ``chunk`` is the bounding box of the grid being read (unique per chunk and band).
+    """
+
+    item: str
+    band: str
+    href: str
+    error: str
+    chunk: str
+
+
+_FAILURES: list[ReadFailure] = []
+_FAILURES_LOCK = threading.Lock()
+
+
+def take_read_failures() -> list[ReadFailure]:
+    """The read failures recorded in this process since the last call, and forget them.
+
+    Returns
+    -------
+    list of ReadFailure
+        In the order they happened (reads with ``strict=False`` that failed and were filled
+        with no data).
+    """
+    with _FAILURES_LOCK:
+        taken = list(_FAILURES)
+        _FAILURES.clear()
+    return taken
+
+
+def _record_failure(failure: ReadFailure) -> None:
+    with _FAILURES_LOCK:
+        _FAILURES.append(failure)
+    warnings.warn(f"cannot read band {failure.band} of item {failure.item!r} "
+                  f"({failure.href}): {failure.error}; its pixels are marked no data",
+                  AssetReadWarning, stacklevel=2)
+
+
+class _CheckedReader:
+    """An odc reader whose read failures become no data and a record, or AssetReadError."""
+
+    def __init__(self, reader: Any, source: tuple[str, str], href: str, strict: bool) -> None:
+        self._reader, self._source, self._href, self._strict = reader, source, href, strict
+
+    def read(self, cfg: Any, dst_geobox: Any, *, dst: Any = None,
+             selection: Any = None) -> tuple[Any, Any]:
+        try:
+            return self._reader.read(cfg, dst_geobox, dst=dst, selection=selection)
+        # any failure: rasterio/GDAL errors, OSError, and e.g. odc-geo's AssertionError on a
+        # GeoTIFF cut inside its tags (it opens without a CRS)
+        except Exception as error:
+            item, band = self._source
+            if self._strict:
+                raise AssetReadError(
+                    f"cannot read band {band} of item {item!r} from {self._href}: {error}. "
+                    "The file is missing, truncated or corrupt: fetch it again, or load with "
+                    "strict=False to mark its pixels as no data and record the failure."
+                ) from error
+            _record_failure(ReadFailure(item, band, self._href, " ".join(str(error).split()),
+                                        str(dst_geobox.boundingbox)))
+        empty = dst[0:0, 0:0] if dst is not None else np.empty((0, 0), cfg.dtype)
+        return np.s_[0:0, 0:0], empty  # nothing read: the chunk keeps its no-data fill
+
+
+class _CheckedDriver:
+    """odc-stac's rasterio driver with :class:`_CheckedReader` readers (picklable)."""
+
+    def __init__(self, sources: Mapping[str, tuple[str, str]], strict: bool) -> None:
+        from odc.loader import RioDriver
+        from odc.stac._mdtools import StacAuxReader
+
+        self._rio = RioDriver(aux_reader=StacAuxReader())
+        self._sources, self._strict = dict(sources), strict
+
+    def new_load(self, geobox: Any, *, chunks: Any = None) -> Any:
+        return self._rio.new_load(geobox, chunks=chunks)
+
+    def finalise_load(self, load_state: Any) -> Any:
+        return self._rio.finalise_load(load_state)
+
+    def capture_env(self) -> dict[str, Any]:
+        return self._rio.capture_env()
+
+    @contextmanager
+    def restore_env(self, env: dict[str, Any], load_state: Any) -> Iterator[Any]:
+        with self._rio.restore_env(env, load_state) as context:
+            yield context
+
+    def open(self, src: Any, ctx: Any) -> _CheckedReader:
+        source = self._sources.get(src.uri, (src.uri, str(src.band)))
+        return _CheckedReader(self._rio.open(src, ctx), source, src.uri, self._strict)
+
+    @property
+    def md_parser(self) -> Any:
+        return self._rio.md_parser
+
+    @property
+    def dask_reader(self) -> Any:
+        return self._rio.dask_reader
+
+    @property
+    def aux_reader(self) -> Any:
+        return self._rio.aux_reader
+
+
+def _asset_sources(items: Sequence[Any], names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Asset href -> (item id, band name), to name the item of a failed read."""
+    sources = {}
+    for item in items:
+        for name in names:
+            if name in item.assets:
+                asset = item.assets[name]
+                sources[asset.get_absolute_href() or asset.href] = (item.id, name)
+    return sources
+
+
+@dataclass(frozen=True)
 class _LoadPlan:
     geobox: Any
     native_crs: bool
     chunk: int
     resampling: str
-    fail_on_error: bool
+    driver: Any
 
 
 def load(
@@ -53,7 +183,7 @@ def load(
     groupby: str = "solar_day",
     resampling: str = "bilinear",
     assume_baseline: str | None = None,
-    fail_on_error: bool = True,
+    strict: bool = False,
 ) -> xr.Dataset:
     """Load STAC items lazily as float32 TOA/BOA reflectance, one variable per band.
 
@@ -78,8 +208,13 @@ def load(
         than the output; class layers (SCL) always use nearest.
     assume_baseline
         Processing baseline for items that do not tell theirs (see :mod:`~.radiometry`).
-    fail_on_error
-        Raise when an asset cannot be read (default) or fill it with no data.
+    strict
+        What an asset that cannot be read when the data are computed does (a missing,
+        truncated or corrupt file): ``False`` (default) marks that item's pixels of the chunk
+        as no data, issues an :class:`~xcloud.errors.AssetReadWarning` and records the
+        failure (:func:`take_read_failures`; :func:`xcloud.to_zarr` stores the count and the
+        item ids as ``xcloud:read_failures``); ``True`` raises
+        :class:`~xcloud.errors.AssetReadError`.
 
     Returns
     -------
@@ -105,7 +240,8 @@ def load(
     native_crs = all(p.crs(names) == geobox.crs for p in parsed)
     chunk = int(chunks if isinstance(chunks, int) else min(chunks.get("x", 2048),
                                                            chunks.get("y", 2048)))
-    plan = _LoadPlan(geobox, native_crs, chunk, resampling, fail_on_error)
+    driver = _CheckedDriver(_asset_sources(harmonized, names), strict)
+    plan = _LoadPlan(geobox, native_crs, chunk, resampling, driver)
     groups = _group_items(harmonized, groupby)
     slices = [_load_group(group, names, radiometry, plan) for group in groups]
     dataset = xr.concat(slices, dim="time", combine_attrs="override") if len(slices) > 1 \
@@ -202,7 +338,7 @@ def _read(group: list[Any], names: list[str], plan: _LoadPlan, factor: int) -> x
     chunk = max(1, math.ceil(plan.chunk / factor))
     dataset = odc_stac.load(group, names, geobox=geobox, groupby="solar_day",
                             chunks={"x": chunk, "y": chunk}, resampling="nearest",
-                            fail_on_error=plan.fail_on_error)
+                            driver=plan.driver)
     if dataset.sizes["time"] != 1:  # items were grouped by xcloud already
         dataset = dataset.max("time", keep_attrs=True).expand_dims(time=dataset.time[:1])
     return dataset

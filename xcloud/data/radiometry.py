@@ -104,6 +104,14 @@ def _offset_applied(properties: Mapping[str, Any]) -> bool:
     return any(properties.get(key) is True for key in _APPLIED_PROPERTIES)
 
 
+def _assumed_baseline(value: str) -> tuple[int, int]:
+    baseline = parse_baseline(value)
+    if baseline is None:
+        raise RadiometryError(f"assume_baseline={value!r} is not a processing baseline; pass "
+                              "it as 'NN.NN', e.g. assume_baseline='02.09' or '04.00'")
+    return baseline
+
+
 def asset_radiometry(
     properties: Mapping[str, Any],
     asset: Mapping[str, Any],
@@ -142,7 +150,7 @@ def asset_radiometry(
     baseline = processing_baseline(properties)
     source = "processing baseline"
     if baseline is None and assume_baseline is not None:
-        baseline, source = parse_baseline(assume_baseline), "assumed processing baseline"
+        baseline, source = _assumed_baseline(assume_baseline), "assumed processing baseline"
     if baseline is None:
         raise RadiometryError(
             f"item {item_id!r} has no processing baseline (s2:processing_baseline) and asset "

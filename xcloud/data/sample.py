@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._optional import import_optional
+from .._paths import safe_name
 from ..errors import StacError
 from .bands import SENTINEL2_BANDS
 
@@ -182,7 +183,11 @@ def write_catalog(items: list[Any], folder: str | os.PathLike[str], *,
                                         license="proprietary")
     for item in items:
         stac_collection.add_item(item.clone())
-    stac_collection.normalize_hrefs(str(Path(folder).resolve()))
+    root = Path(folder).resolve()
+    stac_collection.normalize_hrefs(str(root))
+    for item in stac_collection.get_items():  # ids are untrusted: never let them form a path
+        name = safe_name(item.id)
+        item.set_self_href(str(root / name / f"{name}.json"))
     stac_collection.save(pystac.CatalogType.SELF_CONTAINED)
     return Path(folder) / "collection.json"
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime as _datetime
 from datetime import timezone
 from pathlib import Path
@@ -14,7 +17,11 @@ from urllib.parse import urlparse
 from .._optional import import_optional
 from ..errors import StacError
 
-__all__ = ["search"]
+__all__ = ["RETRY_STATUS", "search"]
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+"""HTTP statuses that are retried (with connection errors and timeouts); others fail at once."""
+_MAX_WAIT = 60.0  # seconds: the longest pause between two attempts
 
 DatetimeLike = str | _datetime | Sequence[str | _datetime | None] | None
 
@@ -42,6 +49,7 @@ def search(
     headers: Mapping[str, str] | None = None,
     timeout: float = 30.0,
     retries: int = 4,
+    backoff: float = 0.5,
 ) -> Any:
     """Search a STAC API (or a local static catalogue) and return the matching items.
 
@@ -56,16 +64,34 @@ def search(
     query, filter, filter_lang
         Property filters: the query extension (``{"eo:cloud_cover": {"lt": 20}}``) or a CQL2
         filter (needs an API that supports it; static catalogues support ``query`` only).
-    headers, timeout, retries
-        HTTP headers, the timeout of one request in seconds, and how many times a failed
-        request (connection error, timeout, HTTP 429/5xx) is retried with exponential backoff.
+    headers, timeout, retries, backoff
+        HTTP headers; the timeout of one request in seconds (connecting, and waiting for each
+        part of the answer); how many times a failed request (connection error, timeout, HTTP
+        429/500/502/503/504) is tried again; and the pause before the first retry in seconds,
+        doubled at each further retry (``backoff * 2**k``, at most 60 s). Other HTTP errors
+        (400, 404, ...) are not retried. A request therefore gives up after at most
+        ``(retries + 1) * timeout`` plus the pauses.
 
     Returns
     -------
     pystac.ItemCollection
         The items, possibly none (``len(result) == 0``); :func:`xcloud.load` refuses an empty
-        collection with :class:`~xcloud.errors.NoItemsError`.
+        collection with :class:`~xcloud.errors.NoItemsError`. An item that the API's paging
+        returns again on a later page is kept once (first occurrence).
+
+    Raises
+    ------
+    StacError
+        The API cannot be reached, a request still fails after the retries (the message names
+        the URL, the HTTP status or the error, and the number of attempts), or the paging is
+        broken: a ``next`` link that leads to a page already read, or a page holding only
+        items already returned (either would page forever).
+    ValueError
+        ``retries``, ``backoff`` or ``timeout`` out of range.
     """
+    if retries < 0 or backoff < 0 or timeout <= 0:
+        raise ValueError(f"need retries >= 0, backoff >= 0 and timeout > 0; got {retries}, "
+                         f"{backoff} and {timeout}")
     pystac = import_optional("pystac", extra="geo")
     criteria = {"collections": collections, "bbox": bbox, "intersects": intersects,
                 "datetime": datetime, "query": query, "ids": ids, "max_items": max_items}
@@ -77,7 +103,8 @@ def search(
                 "with `query`, `bbox`, `datetime`, `ids` and `collections` only"
             )
         return pystac.ItemCollection(_search_static(path, **criteria))
-    client = _open_client(str(url), headers=headers, timeout=timeout, retries=retries)
+    policy = _RetryPolicy(timeout=timeout, retries=retries, backoff=backoff)
+    client = _open_client(str(url), headers=headers, policy=policy)
     try:
         found = client.search(filter=filter, filter_lang=filter_lang, sortby=sortby,
                               limit=limit, **criteria)
@@ -97,19 +124,137 @@ def _local_path(url: str | Path) -> Path | None:
     return path
 
 
-def _open_client(url: str, *, headers: Mapping[str, str] | None, timeout: float,
-                 retries: int) -> Any:
+def _open_client(url: str, *, headers: Mapping[str, str] | None,
+                 policy: _RetryPolicy) -> Any:
     client_module = import_optional("pystac_client", extra="geo")
-    from pystac_client.stac_api_io import StacApiIO
-    from urllib3.util.retry import Retry
-
-    retry = Retry(total=retries, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
-                  allowed_methods=None, raise_on_status=False)
-    stac_io = StacApiIO(headers=dict(headers or {}), timeout=timeout, max_retries=retry)
-    try:
-        return client_module.Client.open(url, stac_io=stac_io)
+    stac_io = _stac_io_class()(max_retries=None)
+    stac_io.policy = policy
+    try:  # Client.open sets the headers and timeout of stac_io (None would mean no timeout)
+        return client_module.Client.open(url, headers=dict(headers or {}),
+                                         timeout=policy.timeout, stac_io=stac_io)
     except Exception as error:
         raise StacError(f"cannot open the STAC API at {url}: {error}") from error
+
+
+@dataclass(frozen=True)
+class _RetryPolicy:
+    timeout: float
+    retries: int
+    backoff: float
+
+    def wait(self, retry: int) -> float:
+        """Seconds to pause before retry number ``retry`` (0-based)."""
+        return min(self.backoff * 2.0**retry, _MAX_WAIT)
+
+
+def _retryable(error: Exception) -> tuple[bool, str]:
+    """Whether a failed request is worth repeating, and what went wrong in words."""
+    import requests
+
+    status = getattr(error, "status_code", None)
+    if status is not None:
+        body = " ".join(str(error).split())[:200]
+        return status in RETRY_STATUS, f"HTTP {status} ({body})" if body else f"HTTP {status}"
+    cause = error.__context__ or error
+    if isinstance(cause, requests.Timeout):
+        return True, f"no answer within the timeout ({cause})"
+    if isinstance(cause, requests.ConnectionError):
+        return True, f"connection failed ({cause})"
+    return False, str(error)
+
+
+def _request_with_retries(send: Callable[[], str], policy: _RetryPolicy, what: str) -> str:
+    """``send()`` until it succeeds, a non-retryable error or the retries run out."""
+    from pystac_client.exceptions import APIError
+
+    for attempt in range(policy.retries + 1):
+        try:
+            return send()
+        except APIError as error:
+            retry, problem = _retryable(error)
+            if not retry or attempt == policy.retries:
+                tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
+                advice = ("check the API's status page, or raise `retries=`/`timeout=`"
+                          if retry else "check the URL and the search parameters")
+                raise StacError(f"{what} failed after {tries}: {problem}; {advice}") from error
+            time.sleep(policy.wait(attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _link_key(link: Mapping[str, Any], parameters: Mapping[str, Any] | None) -> str:
+    """What identifies the page a ``next`` link asks for: method, URL and body."""
+    method = str(link.get("method", "GET")).upper()
+    body = link.get("body", {}) if method == "POST" else {}
+    if method == "POST" and link.get("merge"):
+        body = {**(parameters or {}), **body}
+    return json.dumps([method, link["href"], body], sort_keys=True, default=str)
+
+
+def _page_entries(page: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    key = "features" if page.get("features") else "collections"
+    return key, page.get(key) or []
+
+
+def _new_entries(page: dict[str, Any], seen: set[str], url: str, number: int) -> dict[str, Any]:
+    """The page without entries returned before; StacError if nothing in it is new."""
+    key, entries = _page_entries(page)
+    fresh = []
+    for entry in entries:
+        ident = json.dumps([entry.get("collection"), entry.get("id")], default=str)
+        if ident not in seen:
+            seen.add(ident)
+            fresh.append(entry)
+    if not fresh:
+        raise StacError(
+            f"page {number} of {url} holds only items already returned: the API's paging "
+            "goes round in a cycle. Narrow the search (bbox, datetime) or set `max_items`, "
+            "and report it to the API's operator."
+        )
+    return {**page, key: fresh}
+
+
+@functools.cache
+def _stac_io_class() -> type:
+    """pystac-client's StacApiIO with xcloud's retries and paging checks (built on first use)."""
+    import_optional("pystac_client", extra="geo")
+    from pystac.link import Link
+    from pystac_client.stac_api_io import StacApiIO
+
+    class RetryingStacApiIO(StacApiIO):
+        policy = _RetryPolicy(timeout=30.0, retries=4, backoff=0.5)
+
+        def request(self, href: str, method: str | None = None,
+                    headers: dict[str, str] | None = None,
+                    parameters: dict[str, Any] | None = None) -> str:
+            def send() -> str:
+                return StacApiIO.request(self, href, method, headers, parameters)
+
+            return _request_with_retries(send, self.policy, f"{method or 'GET'} {href}")
+
+        def get_pages(self, url: str, method: str | None = None,
+                      parameters: dict[str, Any] | None = None) -> Iterable[dict[str, Any]]:
+            followed = {_link_key({"href": url, "method": method or "GET",
+                                   "body": parameters or {}}, None)}
+            seen: set[str] = set()
+            page = self.read_json(url, method=method, parameters=parameters)
+            number = 1
+            while page.get("features") or page.get("collections"):
+                yield _new_entries(page, seen, url, number)
+                link = next((k for k in page.get("links", []) if k.get("rel") == "next"), None)
+                if link is None:
+                    return
+                key = _link_key(link, parameters)
+                if key in followed:
+                    raise StacError(
+                        f"the `next` link of page {number} of {url} leads back to a page "
+                        f"already read ({link['href']}): the API's paging is broken. Narrow "
+                        "the search or set `max_items`, and report it to the API's operator."
+                    )
+                followed.add(key)
+                page = self.read_json(Link.from_dict(link), parameters=parameters)
+                number += 1
+
+    return RetryingStacApiIO
 
 
 def _static_items(path: Path) -> Iterable[Any]:

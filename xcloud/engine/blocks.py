@@ -23,7 +23,9 @@ _DN_LIKE = 2.0
 class BlockTask:
     """Everything a chunk task needs besides its data; small and picklable (no model inside).
 
-    ``zoom`` is the size of an input pixel in model pixels (input resolution / model resolution).
+    ``zoom`` is the size of an input pixel in model pixels (input resolution / model resolution);
+    ``depth`` the halo (rows, columns) in input pixels; ``shared`` whether the tiles are shared
+    between chunks (:mod:`xcloud.engine.tile_once`) rather than run per chunk.
     """
 
     spec: ModelSpec
@@ -37,8 +39,9 @@ class BlockTask:
     invalid: str
     chunk_starts: tuple[tuple[int, ...], tuple[int, ...]] = ((0,), (0,))
     chunk_stops: tuple[tuple[int, ...], tuple[int, ...]] = ((0,), (0,))
-    depth: int = 0
+    depth: tuple[int, int] = (0, 0)
     halo_at_edges: bool = True
+    shared: bool = False
 
     @property
     def n_out(self) -> int:
@@ -63,7 +66,7 @@ def predict_block(block: np.ndarray, task: BlockTask,
 def _chunk_origin(task: BlockTask, axis: int, index: int) -> int:
     """Scene row/column of the first pixel of a chunk with its halo."""
     has_halo = index > 0 or task.halo_at_edges
-    return task.chunk_starts[axis][index] - (task.depth if has_halo else 0)
+    return task.chunk_starts[axis][index] - (task.depth[axis] if has_halo else 0)
 
 
 def _core(task: BlockTask, axis: int, index: int, origin: int) -> tuple[int, int]:
@@ -219,7 +222,10 @@ def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
     if model is None:
         return output
     assert normalized is not None
-    proba = _model_probabilities(model, normalized, task, origin, core)
+    if task.tile_size is None:  # pixel models: classify the whole block, so that spatial
+        proba = _model_probabilities(model, normalized, task, origin, None)  # post-processing
+        return _finish(proba, empty, task)  # sees the halo (the trim removes it)
     inside = _core_slices(core, image.shape[-2:])
+    proba = _model_probabilities(model, normalized, task, origin, core)
     output[(slice(None), *inside)] = _finish(proba, empty[inside], task)
     return output

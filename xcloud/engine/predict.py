@@ -45,10 +45,10 @@ def _as_dask(array: xr.DataArray, chunk: int) -> da.Array:
 
 
 def _rechunk(array: da.Array, smallest: int) -> da.Array:
-    """Time in chunks of 1, all bands in one chunk, spatial chunks of ``smallest`` or more."""
-    ychunks, xchunks = array.chunks[-2:]
-    ychunks = ensure_minimum_chunksize(smallest, ychunks)
-    xchunks = ensure_minimum_chunksize(smallest, xchunks)
+    """Time in chunks of 1, all bands in one chunk, spatial chunks of ``smallest`` or more (or
+    one chunk, along an axis shorter than that)."""
+    ychunks, xchunks = (ensure_minimum_chunksize(min(smallest, sum(c)), c)
+                        for c in array.chunks[-2:])
     return array.rechunk((1, -1, ychunks, xchunks))
 
 
@@ -61,19 +61,21 @@ def _with_halo(chunks: tuple[int, ...], depth: int, boundary: str) -> tuple[int,
     return (chunks[0] + depth, *inner, chunks[-1] + depth)
 
 
-def _map_chunks(array: da.Array, task: BlockTask, depth: int, boundary: str) -> da.Array:
+def _map_chunks(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
+    if task.shared:
+        return tile_once.map_tile_once(array, task, boundary)
     dtype = np.float32 if task.output == "proba" else np.uint8
     ychunks, xchunks = array.chunks[-2:]
     out_chunks = (
         array.chunks[0],
         (task.n_out,),
-        _with_halo(ychunks, depth, boundary),
-        _with_halo(xchunks, depth, boundary),
+        _with_halo(ychunks, task.depth[0], boundary),
+        _with_halo(xchunks, task.depth[1], boundary),
     )
     return da.map_overlap(
         predict_block,
         array,
-        depth={0: 0, 1: 0, 2: depth, 3: depth},
+        depth={0: 0, 1: 0, 2: task.depth[0], 3: task.depth[1]},
         boundary={0: "none", 1: "none", 2: boundary, 3: boundary},
         trim=True,
         allow_rechunk=False,
@@ -189,24 +191,25 @@ def predict(
     had_time = cube.ndim == 4
     if not had_time:
         cube = cube.expand_dims("time")
-    # a halo wider than the image would only add mirrored pixels, which tiling adds anyway
-    depth = min(depth, *cube.shape[-2:])
     smallest = max(depth, tile_once.min_chunk(tiles, zoom)) if shared else depth
-    array = _rechunk(_as_dask(cube, chunk_size), min(smallest, *cube.shape[-2:]))
+    array = _rechunk(_as_dask(cube, chunk_size), smallest)
+    # along an axis shorter than the halo (one chunk) a wider halo would only add mirrored
+    # pixels, which tiling adds anyway
+    depths = (min(depth, cube.shape[-2]), min(depth, cube.shape[-1]))
     spec = ModelSpec.create(model, weights=weights, device=resolve_device(device),
                             runtime=runtime)
     task = BlockTask(
         chunk_starts=tuple(tuple(np.cumsum((0, *c[:-1])).tolist()) for c in array.chunks[-2:]),
         chunk_stops=tuple(tuple(np.cumsum(c).tolist()) for c in array.chunks[-2:]),
-        depth=depth,
+        depth=depths,
+        shared=shared,
         halo_at_edges=boundary != "none",
         spec=spec, output=output, zoom=zoom, batch_size=batch_size,
         tile_size=info.tile_size if tile_size is None else tile_size,
         tile_overlap=info.tile_overlap if tile_overlap is None else tile_overlap,
         tile_anchor=info.tile_anchor, nodata=nodata, invalid=invalid,
     )
-    mapped = (tile_once.map_tile_once if shared else _map_chunks)(array, task, depth, boundary)
-    result = _wrap(mapped, cube, info, output, had_time)
+    result = _wrap(_map_chunks(array, task, boundary), cube, info, output, had_time)
     if SOURCE_ITEMS_ATTR in data.attrs:
         result.attrs[SOURCE_ITEMS_ATTR] = list(data.attrs[SOURCE_ITEMS_ATTR])
     if lazy:

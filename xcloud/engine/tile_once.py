@@ -113,7 +113,9 @@ def _on_model_grid(image: np.ndarray, origin: tuple[int, int],
     windows = []
     for start, length in zip(origin, image.shape[-2:], strict=True):
         skip = -start % factor
-        windows.append(slice(skip, skip + (length - skip) // factor * factor))
+        whole = (length - skip) // factor * factor
+        # a block shorter than a model pixel (a tiny image) becomes one model pixel
+        windows.append(slice(skip, skip + whole) if whole else slice(0, length))
     aligned = image[(slice(None), *windows)]
     shape = tuple(max(1, n // factor) for n in aligned.shape[-2:])
     model_origin = tuple((o + w.start) // factor for o, w in zip(origin, windows, strict=True))
@@ -179,9 +181,9 @@ def _keys(name: str, times: int, rows: int, columns: int) -> list[tuple[str, int
     return [(name, t, i, j) for t in range(times) for i in range(rows) for j in range(columns)]
 
 
-def map_tile_once(array: da.Array, task: BlockTask, depth: int, boundary: str) -> da.Array:
+def map_tile_once(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
     """The lazy output (time, channels, y, x) of ``array`` (time, band, y, x), tiles run once."""
-    halo = da.overlap.overlap(array, depth={0: 0, 1: 0, 2: depth, 3: depth},
+    halo = da.overlap.overlap(array, depth={0: 0, 1: 0, 2: task.depth[0], 3: task.depth[1]},
                               boundary={0: "none", 1: "none", 2: boundary, 3: boundary},
                               allow_rechunk=False)
     token = tokenize(halo.name, task)

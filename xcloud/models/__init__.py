@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from .classes import ClassScheme, CloudClass
 from .protocol import BaseCloudModel, CloudModel, ModelInfo, Normalization
-from .registry import ENTRY_POINT_GROUP, ModelEntry, get, list_models, load, register
+from .registry import (
+    ENTRY_POINT_GROUP,
+    ModelEntry,
+    get,
+    list_models,
+    load,
+    register,
+    unregister,
+)
 
 list = list_models  # noqa: A001 - the public name is xcloud.models.list()
 
@@ -27,4 +35,5 @@ __all__ = [
     "list_models",
     "load",
     "register",
+    "unregister",
 ]

@@ -92,7 +92,8 @@ def _read_torch(path: Path, key: str, device: str) -> tuple[dict[str, torch.Tens
             "unpickles Python objects: save a plain dict of tensors"
         ) from None
     if not isinstance(content, dict) or not isinstance(content.get("state_dict"), dict):
-        raise WeightsError(f"{path} is not an xcloud checkpoint (no 'state_dict' entry)")
+        raise WeightsError(f"{path} is not an xcloud checkpoint (no 'state_dict' entry); "
+                           "write checkpoints with the model module's save_checkpoint")
     return content["state_dict"], str(content.get(key, ""))
 
 

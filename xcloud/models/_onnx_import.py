@@ -7,6 +7,8 @@ the network is guessed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +17,60 @@ from .._optional import import_optional
 from ..errors import WeightsError
 from .unet_efficientnet import EfficientNetUNet, EfficientNetUNetConfig, MBConvConfig
 
-__all__ = ["check_onnx_signature", "efficientnet_unet_from_onnx"]
+__all__ = ["OnnxSignature", "efficientnet_unet_from_onnx", "graph_ports", "session_ports"]
 
 _PREFIX = "model."
 
 
-def check_onnx_signature(session, *, in_channels: int, classes: int) -> None:
-    """Raise :class:`WeightsError` unless an onnxruntime session maps
-    (N, in_channels, H, W) to (N, classes, H, W)."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise WeightsError(
-            f"expected an ONNX graph with one input and one output, got {len(inputs)} inputs and "
-            f"{len(outputs)} outputs; is this the right weights file?"
-        )
-    dims, out = list(inputs[0].shape), list(outputs[0].shape)
-    if len(dims) != 4 or dims[1] != in_channels or len(out) != 4 or out[1] != classes:
-        raise WeightsError(
-            f"ONNX graph takes {dims} and gives {out}; expected (N, {in_channels}, H, W) -> "
-            f"(N, {classes}, H, W). The weights file does not match the model."
-        )
+@dataclass(frozen=True)
+class OnnxSignature:
+    """What a segmentation graph must look like: one input ``input_name`` of shape
+    (N, in_channels, H, W) and one output ``output_name`` of shape (N, classes, H, W).
+
+    The channel dimensions must be fixed; the others (batch size, ``H``, ``W``) may be
+    symbolic.
+    """
+
+    in_channels: int
+    classes: int
+    input_name: str = "input"
+    output_name: str = "output"
+
+    def check(self, inputs: Sequence[tuple[str, Sequence[object]]],
+              outputs: Sequence[tuple[str, Sequence[object]]], *, source: object) -> None:
+        """Raise :class:`WeightsError` unless ``inputs``/``outputs`` ((name, shape) pairs) fit."""
+        expected = (f"expected one input {self.input_name!r} (N, {self.in_channels}, H, W) and "
+                    f"one output {self.output_name!r} (N, {self.classes}, H, W)")
+        found = f"{source} has inputs {list(inputs)} and outputs {list(outputs)}"
+        if not (len(inputs) == len(outputs) == 1
+                and _fits(inputs[0], self.input_name, self.in_channels)
+                and _fits(outputs[0], self.output_name, self.classes)):
+            raise WeightsError(f"{found}; {expected}. The weights file does not match the model: "
+                               "pass the ONNX file the model was published with")
+
+
+def _fits(port: tuple[str, Sequence[object]], name: str, channels: int) -> bool:
+    port_name, shape = port
+    return port_name == name and len(shape) == 4 and shape[1] == channels
+
+
+def graph_ports(model) -> tuple[list[tuple[str, list[object]]], list[tuple[str, list[object]]]]:
+    """(name, shape) of an ONNX ``ModelProto``'s inputs (initializers excluded) and outputs;
+    symbolic or unknown dimensions are their names or ``None``."""
+    weights = {tensor.name for tensor in model.graph.initializer}
+
+    def ports(values) -> list[tuple[str, list[object]]]:
+        return [(v.name, [d.dim_value or d.dim_param or None
+                          for d in v.type.tensor_type.shape.dim])
+                for v in values if v.name not in weights]
+
+    return ports(model.graph.input), ports(model.graph.output)
+
+
+def session_ports(session) -> tuple[list[tuple[str, list[object]]], list[tuple[str, list[object]]]]:
+    """(name, shape) of an onnxruntime session's inputs and outputs."""
+    return ([(i.name, list(i.shape)) for i in session.get_inputs()],
+            [(o.name, list(o.shape)) for o in session.get_outputs()])
 
 
 def _conv_attributes(model) -> dict[str, dict[str, list[int]]]:
@@ -113,10 +149,20 @@ def _decoder_channels(weights: dict[str, np.ndarray]) -> tuple[int, ...]:
     return tuple(channels)
 
 
-def efficientnet_unet_from_onnx(path: str | Path) -> EfficientNetUNet:
-    """Build an :class:`EfficientNetUNet` in float32 from an exported ONNX file."""
+def efficientnet_unet_from_onnx(path: str | Path, *,
+                                signature: OnnxSignature | None = None) -> EfficientNetUNet:
+    """Build an :class:`EfficientNetUNet` in float32 from an exported ONNX file.
+
+    With ``signature``, the graph's inputs and outputs are checked against it before anything
+    in the graph is run (:class:`WeightsError` if they do not fit).
+    """
     onnx = import_optional("onnx", extra="ukis")
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise WeightsError(f"{path} is not a readable ONNX file ({error})") from None
+    if signature is not None:
+        signature.check(*graph_ports(model), source=path)
     dims = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
     weights = _initializers(model)
     attrs = _conv_attributes(model)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from .._optional import import_optional
 from .._version import __version__
 from ..data.bands import canonical_band_name
 from ..errors import MissingWeightsError, WeightsError
+from ._checkpoint import check_suffix, load_state, read_checkpoint
 from .classes import KAPPAMASK_SCHEME
 from .protocol import BaseCloudModel, ModelInfo, Normalization
 from .registry import ModelEntry, register
@@ -96,8 +96,6 @@ _DN_PER_UNIT = {"AOT": 1000.0, "WVP": 1000.0}  # as xcloud.load scales them; 100
 _FORMAT = "xcloud-kappamask"
 _FORMAT_VERSION = 1
 _METADATA_KEY = "xcloud_kappamask"
-_TORCH_SUFFIXES = (".pt", ".pth")
-_SUFFIXES = (".safetensors", *_TORCH_SUFFIXES)
 _TILE_SIZE = 512
 _TILE_OVERLAP = 32
 _REFERENCE = ("Domnich et al. 2021, KappaMask: AI-based cloudmask processor for Sentinel-2, "
@@ -386,7 +384,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: KappaMaskUNet, *,
     text = meta.to_json()
     state = {k: v.detach().to("cpu", copy=True).contiguous()
              for k, v in model.state_dict().items()}
-    _suffix(path)
+    check_suffix(path)
     partial = path.with_name(f".{path.name}.partial")
     if path.suffix == ".safetensors":
         safetensors_torch = import_optional("safetensors.torch", extra="training")
@@ -395,53 +393,6 @@ def save_checkpoint(path: str | os.PathLike[str], model: KappaMaskUNet, *,
         torch.save({"state_dict": state, _METADATA_KEY: text}, partial)
     os.replace(partial, path)
     return path
-
-
-def _suffix(path: Path) -> str:
-    if path.suffix not in _SUFFIXES:
-        raise WeightsError(f"checkpoint {path} must end in {', '.join(_SUFFIXES)} "
-                           "(safetensors or a weights-only torch file)")
-    return path.suffix
-
-
-def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor], str]:
-    safetensors = import_optional("safetensors", extra="training")
-    try:
-        with safetensors.safe_open(str(path), framework="pt", device=device) as handle:
-            text = (handle.metadata() or {}).get(_METADATA_KEY, "")
-            return {k: handle.get_tensor(k) for k in handle.keys()}, text  # noqa: SIM118
-    except (safetensors.SafetensorError, OSError) as error:
-        raise WeightsError(f"{path} is not a readable safetensors file ({error})") from None
-
-
-def _read_torch(path: Path, device: str) -> tuple[dict[str, torch.Tensor], str]:
-    try:
-        content = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise WeightsError(
-            f"{path} cannot be read as a weights-only torch file ({error}); xcloud never "
-            "unpickles Python objects: save a plain dict of tensors with save_checkpoint"
-        ) from None
-    if not isinstance(content, dict) or not isinstance(content.get("state_dict"), dict):
-        raise WeightsError(f"{path} is not an xcloud KappaMask checkpoint (no 'state_dict'); "
-                           "write checkpoints with xcloud.models.kappamask.save_checkpoint")
-    return content["state_dict"], str(content.get(_METADATA_KEY, ""))
-
-
-def _load_state(network: KappaMaskUNet, tensors: Mapping[str, torch.Tensor],
-                source: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-    problems = [f"missing {k}" for k in expected.keys() - given.keys()]
-    problems += [f"unexpected {k}" for k in tensors.keys() - expected.keys()]
-    problems += [f"{k} is {given[k]}, not {shape}" for k, shape in expected.items()
-                 if k in given and given[k] != shape]
-    if problems:
-        shown = "; ".join(sorted(problems)[:5])
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise WeightsError(f"the tensors of {source} do not fit the network its metadata "
-                           f"describes ({network.config}): {shown}{more}")
-    network.load_state_dict(tensors, strict=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str], *,
@@ -460,13 +411,10 @@ def load_checkpoint(path: str | os.PathLike[str], *,
         It is not a KappaMask checkpoint or its tensors do not fit its configuration.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingWeightsError(f"checkpoint {path} does not exist")
-    reader = _read_safetensors if _suffix(path) == ".safetensors" else _read_torch
-    tensors, text = reader(path, str(map_location))
+    tensors, text = read_checkpoint(path, key=_METADATA_KEY, map_location=map_location)
     meta = CheckpointMeta.from_json(text, source=path)
     network = KappaMaskUNet.from_config(meta.config).to(map_location)
-    _load_state(network, tensors, path)
+    load_state(network, tensors, source=path)
     return network.eval(), meta
 
 

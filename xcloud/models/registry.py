@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,9 +22,19 @@ from pathlib import Path
 from ..errors import UnknownModelError, WeightsError
 from .protocol import CloudModel, ModelInfo
 
-__all__ = ["ENTRY_POINT_GROUP", "ModelEntry", "get", "list_models", "load", "register", "sha256"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ModelEntry",
+    "get",
+    "list_models",
+    "load",
+    "register",
+    "sha256",
+    "unregister",
+]
 
 ENTRY_POINT_GROUP = "xcloud.models"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 Loader = Callable[..., CloudModel]
 
@@ -33,12 +44,21 @@ class ModelEntry:
     """A registered model: its metadata and how to load it.
 
     ``loader(weights=..., device=..., runtime=...)`` returns a :class:`CloudModel`.
-    ``sha256`` is the checksum of the default weights file, verified before loading.
+    ``sha256`` is the checksum of the default weights file (64 lowercase hex digits), which
+    the loader verifies before it deserialises anything; entries whose weights are always the
+    user's own local file (``info.needs_weights_file`` and nothing published) have none.
     """
 
     info: ModelInfo
     loader: Loader
     sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sha256 is not None and not _SHA256_HEX.fullmatch(self.sha256):
+            raise WeightsError(
+                f"model {self.info.name!r}: sha256 must be 64 lowercase hex digits, got "
+                f"{self.sha256!r}; compute it with xcloud.models.registry.sha256(path)"
+            )
 
     @property
     def name(self) -> str:
@@ -67,6 +87,12 @@ def register(entry: ModelEntry, *, overwrite: bool = False) -> ModelEntry:
             )
         _REGISTRY[entry.name] = entry
     return entry
+
+
+def unregister(name: str) -> ModelEntry | None:
+    """Remove the model ``name`` from the registry (e.g. a test's model); the removed entry."""
+    with _LOCK:
+        return _REGISTRY.pop(name, None)
 
 
 def _entries_from(obj: object) -> Iterable[ModelEntry]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from ..errors import MissingWeightsError, WeightsError
 from .classes import UKIS_SCHEME
 from .protocol import BaseCloudModel, ModelInfo, Normalization
 from .registry import ModelEntry, register, verify_checksum
+
+if TYPE_CHECKING:
+    from ._onnx_import import OnnxSignature
 
 __all__ = ["UKIS_MODELS", "UkisModel"]
 
@@ -38,6 +42,7 @@ _STATS_SHA256 = {
     "6b_l1c": "b575f242f91699f8e2836161ebb362fba7043423cf2741d45ef58a02976b6b7f",
     "6b_l2a": "89b0df80fd67c33eb99843512f3703f3bb0415cc7f58157ce49c00d3ef88aae3",
 }
+_CLASSES = 3
 _BANDS = {"4b": ("B02", "B03", "B04", "B08"), "6b": ("B02", "B03", "B04", "B08", "B11", "B12")}
 
 
@@ -107,13 +112,13 @@ class UkisModel(BaseCloudModel):
         if self.runtime == "torch":
             from ._onnx_import import efficientnet_unet_from_onnx
 
-            network = efficientnet_unet_from_onnx(self.weights)
+            network = efficientnet_unet_from_onnx(self.weights, signature=self._signature())
             shape = (network.config.in_channels, network.config.classes)
-            if shape != (len(self.info.bands), 3):
+            if shape != (len(self.info.bands), _CLASSES):
                 raise WeightsError(
                     f"{self.weights} maps {shape[0]} bands to {shape[1]} classes; "
-                    f"{self.info.name} needs {len(self.info.bands)} bands and 3 classes. "
-                    "The weights file does not match the model."
+                    f"{self.info.name} needs {len(self.info.bands)} bands and {_CLASSES} "
+                    "classes. The weights file does not match the model."
                 )
             return _TorchRunner(network, self.device)
         raise ValueError(f"runtime must be 'auto', 'torch' or 'onnxruntime', not {self.runtime!r}")
@@ -121,7 +126,7 @@ class UkisModel(BaseCloudModel):
     def _onnx_session(self):
         ort = import_optional("onnxruntime", extra="ukis")
         from ..engine.device import threads_per_task
-        from ._onnx_import import check_onnx_signature
+        from ._onnx_import import session_ports
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads_per_task()
@@ -130,9 +135,19 @@ class UkisModel(BaseCloudModel):
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(self.weights), options, providers=providers)
-        check_onnx_signature(session, in_channels=len(self.info.bands), classes=3)
+        try:
+            session = ort.InferenceSession(str(self.weights), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph errors
+            raise WeightsError(f"{self.weights} is not a readable ONNX graph ({error}); pass "
+                               "the ONNX file the model was published with") from None
+        self._signature().check(*session_ports(session), source=self.weights)
         return session
+
+    def _signature(self) -> OnnxSignature:
+        """Inputs and outputs that the graph must have (those of the shipped graphs)."""
+        from ._onnx_import import OnnxSignature
+
+        return OnnxSignature(in_channels=len(self.info.bands), classes=_CLASSES)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Softmax class probabilities (N, 3, H, W) for normalised input (N, bands, H, W)."""

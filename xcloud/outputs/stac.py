@@ -25,7 +25,6 @@ import datetime as dt
 import functools
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
@@ -35,8 +34,9 @@ import numpy as np
 import xarray as xr
 
 from .._optional import import_optional
+from .._paths import safe_name
 from ..data.load import SOURCE_ITEMS_ATTR
-from ..errors import StacError
+from ..errors import CrsError, StacError
 from .zarr import grid_transform
 
 __all__ = [
@@ -55,7 +55,6 @@ ASSET_KEY = "zarr"
 PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 
 _DENSIFY = 21  # points per footprint edge before reprojection
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SCHEMA_FOLDERS = {  # shipped folder -> the URL its files are published under
     "stac-spec": "https://schemas.stacspec.org",
     "stac-extensions": "https://stac-extensions.github.io",
@@ -159,8 +158,7 @@ def write_item(
 
 def item_path(folder: str | os.PathLike[str], item_id: str) -> Path:
     """``<folder>/<sanitised item id>.json``, always directly inside ``folder``."""
-    name = _UNSAFE.sub("_", item_id).strip("._") or "item"
-    return Path(folder).resolve() / f"{name}.json"
+    return Path(folder).resolve() / f"{safe_name(item_id)}.json"
 
 
 def validate_item(item: Any) -> None:
@@ -305,7 +303,7 @@ def _crs(dataset: xr.Dataset) -> Any:
     ref = dataset.coords.get("spatial_ref")
     wkt = None if ref is None else ref.attrs.get("crs_wkt") or ref.attrs.get("spatial_ref")
     if not wkt:
-        raise ValueError("the mask has no CRS: it needs a spatial_ref coordinate with crs_wkt "
+        raise CrsError("the mask has no CRS: it needs a spatial_ref coordinate with crs_wkt "
                          "(rioxarray's .rio.write_crs adds one)")
     return pyproj.CRS.from_wkt(wkt)
 

@@ -22,6 +22,14 @@ How a write goes:
 3. **Finish.** ``xcloud:complete`` is set on the root group, metadata is consolidated and
    the state folder is removed.
 
+Assets that could not be read (``xcloud.load(..., strict=False)``, the default) leave no data
+in the mask and a record in the process that read them. Each chunk task saves the records of
+its process to ``.<store>.xcloud/failures/`` before it marks its chunk done; at the end they
+are merged (with those of distributed workers still held) into the root attribute
+``xcloud:read_failures``: ``{"count": failed reads (one per band, item and chunk), "items":
+[item ids], "assets": ["<item id>:<band>"]}``, added to what earlier writes recorded, and
+``ZarrWriteSummary.read_failures`` counts them.
+
 A write killed at any point (SIGKILL included) and run again finishes the chunks without a
 marker and nothing else; a chunk written but not marked is written again. Markers make a
 write safe against the process dying, not against the machine losing power (no fsync).
@@ -66,7 +74,8 @@ import numpy as np
 import xarray as xr
 
 from .._optional import import_optional
-from ..data.load import SOURCE_ITEMS_ATTR
+from ..data.load import SOURCE_ITEMS_ATTR, ReadFailure, take_read_failures
+from ..engine.batches import compute_in_batches
 from ..errors import ZarrStoreError
 
 __all__ = ["APPEND_DIM", "ZarrWriteSummary", "grid_transform", "to_zarr"]
@@ -77,6 +86,7 @@ APPEND_DIM = "time"
 GRID_ATTR = "xcloud:grid"
 PENDING_ATTR = "xcloud:pending"
 COMPLETE_ATTR = "xcloud:complete"
+READ_FAILURES_ATTR = "xcloud:read_failures"
 FACTOR_ATTR = "xcloud:factor"
 _ROOT_KEY = "_root"
 _TMP_TAG = ".xcloud-tmp-"
@@ -112,6 +122,9 @@ class ZarrWriteSummary:
         Time steps of level 0 written or finished by this call (1 for a mask without time).
     levels
         Names of the store's multiscale groups, finest first.
+    read_failures
+        Asset reads that failed and were marked no data while this call (or the interrupted
+        call it finished) computed the mask; details in the store's ``xcloud:read_failures``.
     """
 
     path: Path
@@ -119,6 +132,7 @@ class ZarrWriteSummary:
     chunks_skipped: int
     times_appended: int
     levels: tuple[str, ...]
+    read_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,11 @@ class _Writer:
         """Folder of the chunk markers of ``group`` (one sub-folder per variable)."""
         return self.state / "done" / (group or _ROOT_KEY)
 
+    @property
+    def failures(self) -> Path:
+        """Folder of the read-failure reports that chunk tasks save."""
+        return self.state / "failures"
+
 
 @dataclass(frozen=True)
 class _GroupResult:
@@ -160,6 +179,7 @@ class _ChunkTarget:
     zarr_format: int
     region: tuple[slice, ...]
     marker: str
+    failures: str
 
 
 def to_zarr(
@@ -224,14 +244,16 @@ def to_zarr(
         base = _write_group(writer, "", dataset, sources=sources)
         levels = _write_levels(writer, factors)
         results = [base, *(result for _, result in levels)]
+        failed = 0
         if any(r.changed for r in results) or _unfinished(writer):
-            _finish(writer, [name for name, _ in levels], consolidated=consolidated)
+            failed = _finish(writer, [name for name, _ in levels], consolidated=consolidated)
     return ZarrWriteSummary(
         path=writer.root,
         chunks_written=sum(r.written for r in results),
         chunks_skipped=sum(r.skipped for r in results),
         times_appended=base.appended,
         levels=tuple(name for name, _ in levels),
+        read_failures=failed,
     )
 
 
@@ -623,8 +645,47 @@ def _write_chunk(block: np.ndarray, target: _ChunkTarget) -> int:
     array = _zarr().open_array(target.store, path=target.array, mode="r+",
                                zarr_format=target.zarr_format)
     array[target.region] = np.asarray(block)
+    _save_read_failures(Path(target.failures), take_read_failures())
     Path(target.marker).touch()
     return 1
+
+
+def _save_read_failures(folder: Path, failures: Sequence[ReadFailure]) -> None:
+    """Save read failures as a new report (written aside, then renamed: never half a file)."""
+    if not failures:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    name = uuid.uuid4().hex
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text(json.dumps([vars(failure) for failure in failures]))
+    tmp.rename(folder / f"{name}.json")
+
+
+def _collect_read_failures(writer: _Writer) -> list[ReadFailure]:
+    """The saved reports, what this process and distributed workers still hold, deduplicated."""
+    _save_read_failures(writer.failures, take_read_failures())
+    with contextlib.suppress(ImportError, ValueError):
+        from distributed import default_client
+
+        for held in default_client().run(take_read_failures).values():
+            _save_read_failures(writer.failures, held)
+    found = {}
+    for report in sorted(writer.failures.glob("*.json")) if writer.failures.is_dir() else ():
+        for record in json.loads(report.read_text()):
+            failure = ReadFailure(**record)
+            found[(failure.item, failure.band, failure.chunk)] = failure
+    return list(found.values())
+
+
+def _read_failures_attr(previous: Mapping[str, Any] | None,
+                        failures: Sequence[ReadFailure]) -> dict[str, Any]:
+    previous = previous or {}
+    return {
+        "count": int(previous.get("count", 0)) + len(failures),
+        "items": sorted({*previous.get("items", ()), *(f.item for f in failures)}),
+        "assets": sorted({*previous.get("assets", ()),
+                          *(f"{f.item}:{f.band}" for f in failures)}),
+    }
 
 
 def _chunk_tasks(writer: _Writer, group: str, name: str, data: da.Array, dims: Sequence[str],
@@ -645,7 +706,7 @@ def _chunk_tasks(writer: _Writer, group: str, name: str, data: da.Array, dims: S
         region = tuple(slice(s[i] + o, s[i + 1] + o)
                        for s, i, o in zip(starts, index, offsets, strict=True))
         target = _ChunkTarget(str(writer.root), array_path, writer.zarr_format, region,
-                              str(done_dir / key))
+                              str(done_dir / key), str(writer.failures))
         tasks.append(dask.delayed(_write_chunk, pure=True)(
             blocks[index], target, dask_key_name=f"xcloud-to-zarr-{array_path}-{key}"))
     return tasks, skipped
@@ -659,11 +720,12 @@ def _write_chunks(writer: _Writer, group: str, dataset: xr.Dataset, *,
                                    time_start)
         tasks += found
         skipped += done
-    batch = _batch_size()
-    for first in range(0, len(tasks), batch):
-        dask.compute(*tasks[first:first + batch], scheduler=writer.scheduler)
+    def progress(done: int) -> None:
         if writer.progress:
-            _report_progress(group, min(first + batch, len(tasks)), len(tasks))
+            _report_progress(group, done, len(tasks))
+
+    compute_in_batches(tasks, batch_size=_batch_size(), scheduler=writer.scheduler,
+                       on_batch=progress)
     return len(tasks), skipped
 
 
@@ -679,7 +741,8 @@ def _batch_size() -> int:
     """Chunks computed together: two per thread of the active scheduler.
 
     Handing the scheduler every chunk at once lets it read far ahead (peak memory grew with
-    the image); batches of neighbouring chunks keep it bounded by chunk size and threads.
+    the image); batches of neighbouring chunks keep it bounded by chunk size and threads, and
+    :func:`xcloud.engine.batches.compute_in_batches` carries what neighbouring batches share.
     """
     threads = dask.config.get("num_workers", None) or os.cpu_count() or 1
     try:
@@ -821,16 +884,24 @@ def _multiscales_attrs(writer: _Writer, levels: Sequence[str]) -> dict[str, Any]
 # -- finishing ------------------------------------------------------------------------------
 
 
-def _finish(writer: _Writer, levels: Sequence[str], *, consolidated: bool) -> None:
-    """Mark the store complete, consolidate its metadata and drop the write state."""
+def _finish(writer: _Writer, levels: Sequence[str], *, consolidated: bool) -> int:
+    """Mark the store complete, consolidate its metadata and drop the write state.
+
+    Returns the number of read failures recorded by the write.
+    """
     was_consolidated = _has_consolidated_metadata(writer)
     updates: dict[str, Any] = {COMPLETE_ATTR: True}
     if levels:
         updates.update(_multiscales_attrs(writer, levels))
+    failures = _collect_read_failures(writer)
+    if failures:
+        previous = (_group_attrs(writer, "") or {}).get(READ_FAILURES_ATTR)
+        updates[READ_FAILURES_ATTR] = _read_failures_attr(previous, failures)
     _update_attrs(writer, "", updates)
     if consolidated or was_consolidated:
         _zarr().consolidate_metadata(str(writer.root), zarr_format=writer.zarr_format)
     shutil.rmtree(writer.state, ignore_errors=True)
+    return len(failures)
 
 
 def _has_consolidated_metadata(writer: _Writer) -> bool:
