@@ -6,13 +6,19 @@ its own process so that peak RSS is its own. CSmask takes the whole image as a n
 interface; built in place, no temporary copies); xcloud reads the same pixels lazily, chunk by
 chunk, as it would from odc-stac.
 
-    python benchmarks/bench_ukis_vs_csmask.py --size 4096
+xcloud runs the same 256 px tiles as CSmask (its lattice and 52 px overlap: the same pixels
+through the same network), and, as extra rows, with a smaller tile overlap (fewer tiles); the
+last column says how many pixels get CSmask's class.
+
+    python benchmarks/bench_ukis_vs_csmask.py                    # 2048², 4096², 8192²; chunk 1024
+    python benchmarks/bench_ukis_vs_csmask.py --size 4096 --chunk 2048 --tile-overlap
     python benchmarks/bench_ukis_vs_csmask.py --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,63 +28,90 @@ import _common
 QUICK_SIZE = 1024
 
 
-def run_csmask(size: int, data: str) -> dict[str, Any]:
+def run_csmask(size: int, data: str, out: str) -> dict[str, Any]:
     """CSmask on the mirrored patch (onnxruntime, all cores, 256 px tiles, 20 % overlap)."""
+    import numpy as np
     from ukis_csmask.mask import CSmask
 
     image = _common.patch_image(size, Path(data))
     with warnings.catch_warnings(), _common.stopwatch() as meter:
         warnings.simplefilter("ignore")
-        _ = CSmask(image, band_order=list(_common.UKIS_BANDS), product_level="l1c",
-                   batch_size=1).csm
+        mask = CSmask(image, band_order=list(_common.UKIS_BANDS), product_level="l1c",
+                      batch_size=1).csm
+    np.save(out, mask[..., 0].astype(np.uint8))
     return meter.as_dict()
 
 
-def run_xcloud(size: int, data: str, chunk: int, runtime: str) -> dict[str, Any]:
+def run_xcloud(size: int, data: str, chunk: int, runtime: str, out: str,
+               tile_overlap: int | None = None) -> dict[str, Any]:
     """xcloud's lazy, chunked mask of the same pixels (Dask threaded scheduler)."""
     import dask
+    import numpy as np
 
     import xcloud  # noqa: F401  (registers the accessor)
 
     cube = _common.patch_cube(size, chunk, Path(data))
-    mask = cube.cloudmask.predict(model="ukis-6b-l1c", resolution=30, runtime=runtime)
+    mask = cube.cloudmask.predict(model="ukis-6b-l1c", resolution=30, runtime=runtime,
+                                  tile_overlap=tile_overlap)
     with dask.config.set(scheduler="threads"), _common.stopwatch() as meter:
-        mask.compute()
+        values = mask.values
+    np.save(out, values)
     return meter.as_dict()
+
+
+def compare(size: int, chunk: int, data: Path, runtime: str, overlaps: list[int],
+            tmp: Path) -> list[list[Any]]:
+    """One size: CSmask, xcloud as CSmask tiles (the model's overlap), xcloud with each of
+    ``overlaps``; table rows with the ratios and the share of pixels equal to CSmask's mask."""
+    import numpy as np
+
+    runs = [("CSmask", "-", _common.run_child(__file__, "csmask", size=size, data=str(data),
+                                               out=str(tmp / "csmask.npy")))]
+    for overlap in [None, *overlaps]:
+        out = tmp / f"xcloud-{overlap}.npy"
+        result = _common.run_child(__file__, "xcloud", size=size, data=str(data), chunk=chunk,
+                                   runtime=runtime, out=str(out), tile_overlap=overlap)
+        runs.append(("xcloud", "52 (= CSmask)" if overlap is None else overlap, result))
+    reference = np.load(tmp / "csmask.npy")
+    base = runs[0][2]
+    rows = []
+    for (tool, overlap, result), name in zip(
+            runs, ["csmask", *(f"xcloud-{o}" for o in [None, *overlaps])], strict=True):
+        meter = _common.Meter.from_dict(result)
+        agree = (np.load(tmp / f"{name}.npy") == reference).mean()
+        rows.append([tool, f"{size}²", chunk if tool == "xcloud" else "-", overlap,
+                     f"{meter.seconds:.1f}", f"{size**2 / 1e6 / meter.seconds:.3f}",
+                     f"{result['peak_mib']:.0f}", f"{base['seconds'] / meter.seconds:.2f}",
+                     f"{result['peak_mib'] / base['peak_mib']:.2f}", f"{100 * agree:.2f} %",
+                     meter.noise])
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--chunk", type=int, default=2048)
+    parser.add_argument("--size", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--runtime", default="auto", help="auto, torch or onnxruntime")
+    parser.add_argument("--tile-overlap", type=int, nargs="*", default=[32],
+                        help="extra xcloud rows with these tile overlaps (model px)")
     _common.add_common_args(parser)
     if _common.serve_child({"csmask": run_csmask, "xcloud": run_xcloud}):
         return
     args = parser.parse_args()
     data = _common.use_data(args.data)
-    size, chunk = (QUICK_SIZE, QUICK_SIZE) if args.quick else (args.size, args.chunk)
-    megapixels = size**2 / 1e6
+    sizes, chunk = ([QUICK_SIZE], QUICK_SIZE) if args.quick else (args.size, args.chunk)
     _common.print_header("bench_ukis_vs_csmask: xcloud vs ukis-csmask, same network and pixels",
-                         image=f"{size}² ({megapixels:.1f} Mpx)", xcloud_chunk=chunk,
+                         sizes=" ".join(f"{s}²" for s in sizes), xcloud_chunk=chunk,
                          runtime=args.runtime)
-    results = {
-        "CSmask": _common.run_child(__file__, "csmask", size=size, data=str(data)),
-        "xcloud": _common.run_child(__file__, "xcloud", size=size, data=str(data), chunk=chunk,
-                                    runtime=args.runtime),
-    }
     rows = []
-    for tool, result in results.items():
-        meter = _common.Meter.from_dict(result)
-        rows.append([tool, f"{size}²", chunk if tool == "xcloud" else "-",
-                     f"{meter.seconds:.1f}", f"{megapixels / meter.seconds:.3f}",
-                     f"{result['peak_mib']:.0f}", meter.noise])
-    _common.print_table(["tool", "image", "chunk", "s", "Mpx/s", "peak MiB",
-                         _common.NOISE_HEADER], rows)
-    speed = results["CSmask"]["seconds"] / results["xcloud"]["seconds"]
-    memory = results["xcloud"]["peak_mib"] / results["CSmask"]["peak_mib"]
-    print(f"xcloud / CSmask: throughput x{speed:.2f} (target >= 1.2), "
-          f"peak memory x{memory:.2f} (target <= 0.5)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            rows += compare(size, chunk, data, args.runtime, args.tile_overlap, Path(tmp))
+    _common.print_table(["tool", "image", "chunk", "tile overlap", "s", "Mpx/s", "peak MiB",
+                         "throughput ratio", "memory ratio", "= CSmask", _common.NOISE_HEADER],
+                        rows)
+    print("ratios against CSmask on the same image (targets: throughput >= 1.2, memory <= 0.5); "
+          "'= CSmask': share of pixels with CSmask's class")
 
 
 if __name__ == "__main__":

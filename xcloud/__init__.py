@@ -6,7 +6,7 @@ Importing xcloud registers the ``.cloudmask`` accessor on xarray objects::
 
     items = xcloud.search("https://earth-search.aws.element84.com/v1",
                           collections=["sentinel-2-l1c"], bbox=bbox, datetime="2024-06")
-    data = xcloud.load(items, chunks=2048)              # lazy reflectance (time, y, x)
+    data = xcloud.load(items, chunks=1024)              # lazy reflectance (time, y, x)
     mask = data.cloudmask.predict(model="ukis-6b-l1c")  # lazy uint8 classes
     mask.cloudmask.to_zarr("masks.zarr")                # chunk by chunk, resumable
 """

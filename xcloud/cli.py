@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .data.load import DEFAULT_CHUNK
+
 __all__ = ["main"]
 
 _PACKAGED = re.compile(r"PyPI package (?P<dist>[A-Za-z0-9_.-]+)[^(]*\((?P<file>[^)]+)\)")
@@ -247,7 +249,7 @@ def _add_predict(commands: Any) -> None:
     search.add_argument("--max-items", type=int, metavar="N", help="stop after N items")
     predict.add_argument("--out", required=True, metavar="STORE",
                          help="Zarr store to write, resume or append to")
-    _add_job_options(predict, chunk=2048)
+    _add_job_options(predict, chunk=DEFAULT_CHUNK)
     predict.set_defaults(run=_predict)
 
 

@@ -10,9 +10,9 @@ depends on directly (not those only needed to make other carried results); a res
 once every task that needs it has run. Row-major batches of a scene therefore hold about one
 row of chunks' shared results at a time, and every task runs once.
 
-Schedulers other than the local threaded and synchronous ones (processes, distributed) get plain
-batches: a distributed scheduler holds shared results on its workers itself while they are
-needed within a batch.
+A ``distributed`` scheduler gets every task at once: it keeps each shared result on a worker
+until its last user has run, and its queuing of root tasks keeps it from reading far ahead.
+Other schedulers (processes) get plain batches.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def compute_in_batches(tasks: Sequence[Any], *, batch_size: int, scheduler: Any 
     """
     get = get_scheduler(scheduler=scheduler, collections=list(tasks)) if tasks else None
     batches = [list(tasks[i:i + batch_size]) for i in range(0, len(tasks), batch_size)]
+    client = _distributed_client(get)
+    if client is not None:
+        return _all_at_once(client, list(tasks), batch_size, on_batch)
     if get not in (get_threaded, get_sync):
         results: list[Any] = []
         for batch in batches:
@@ -47,6 +50,29 @@ def compute_in_batches(tasks: Sequence[Any], *, batch_size: int, scheduler: Any 
             _report(on_batch, len(results))
         return results
     return _carrying(batches, get, on_batch)
+
+
+def _distributed_client(get: Callable[..., Any] | None) -> Any:
+    """The ``distributed`` client whose ``get`` this is, if any."""
+    owner = getattr(get, "__self__", None)
+    try:
+        from distributed import Client
+    except ImportError:
+        return None
+    return owner if isinstance(owner, Client) else None
+
+
+def _all_at_once(client: Any, tasks: list[Any], batch_size: int,
+                 on_batch: Callable[[int], None] | None) -> list[Any]:
+    """Every task in one graph: the distributed scheduler keeps each shared result once, on a
+    worker, until its last user ran, and queues root tasks (reads) so as not to read ahead."""
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    for done, _ in enumerate(as_completed(futures), start=1):
+        if done % batch_size == 0 or done == len(futures):
+            _report(on_batch, done)
+    return client.gather(futures)
 
 
 def _report(on_batch: Callable[[int], None] | None, done: int) -> None:

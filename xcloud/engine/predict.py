@@ -12,7 +12,7 @@ import xarray as xr
 from dask.array.overlap import ensure_minimum_chunksize
 
 from ..data.inputs import band_cube, pixel_size, spatial_dims, to_reflectance
-from ..data.load import SOURCE_ITEMS_ATTR
+from ..data.load import DEFAULT_CHUNK, SOURCE_ITEMS_ATTR
 from ..models.protocol import ModelInfo
 from ..models.registry import get
 from ..outputs.cf import mask_attrs, probability_attrs
@@ -23,7 +23,6 @@ from .device import resolve_device
 
 __all__ = ["DEFAULT_CHUNK", "predict"]
 
-DEFAULT_CHUNK = 2048
 _BOUNDARIES = ("reflect", "nearest", "periodic", "none")
 _OUTPUTS = ("class", "proba")
 
