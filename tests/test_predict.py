@@ -173,3 +173,14 @@ def test_seam_free_with_the_default_halo(large_patch):
     border = border_mask(1024, 256, 32)
     wrong = no_halo != whole
     assert wrong[border].mean() > 3 * wrong[~border].mean()
+
+
+@pytest.mark.parametrize("halo", [0, 5])
+def test_blocks_that_are_not_whole_model_pixels(halo):
+    """100 px chunks at ukis' 30 m: 33.3 model pixels per block (rounded down to 33)."""
+    from xcloud.synthetic import synthetic_scene
+
+    scene = synthetic_scene(200, seed=2).chunk({"y": 100, "x": 100})
+    mask = scene.cloudmask.predict(model=MODEL, halo=halo).compute()
+    assert mask.shape == (200, 200)
+    assert set(np.unique(mask.values)) <= {0, 1, 2}

@@ -160,6 +160,9 @@ def _upsample_core(proba: np.ndarray, core: Window | None, zoom: float,
         first = max(0, start // factor - 1)
         crops.append(slice(first, min(size, -(-stop // factor) + 1)))
         offsets.append(start - first * factor)
+        if factor * crops[-1].stop < stop:  # the model grid ends before the core (a block
+            full = _resize(proba, shape)  # that is not a whole number of model pixels)
+            return full[(slice(None), *_core_slices(core, shape))]
     window = _resize(proba[(slice(None), *crops)],
                      tuple(factor * (c.stop - c.start) for c in crops))
     rows, cols = (slice(o, o + b - a) for o, (a, b) in zip(offsets, core, strict=True))
