@@ -50,9 +50,12 @@ def _factor(zoom: float) -> int | None:
     return factor if factor >= 1 and math.isclose(factor * zoom, 1.0) else None
 
 
-def _margin(task: BlockTask) -> int:
-    """Model pixels an output needs beyond its core for the resampling back to the input grid."""
-    return 0 if _factor(task.zoom) == 1 else 1
+def _grid(zoom: float) -> tuple[int, int]:
+    """Input pixels per model pixel, and the model pixels an output needs beyond its core for
+    the resampling back to the input grid (none when the grids are the same)."""
+    factor = _factor(zoom)
+    assert factor is not None, "shared tiles need an integer zoom (see supports)"
+    return factor, 0 if factor == 1 else 1
 
 
 def supports(tile_size: int | None, zoom: float, depth: int, default_depth: int) -> bool:
@@ -62,17 +65,13 @@ def supports(tile_size: int | None, zoom: float, depth: int, default_depth: int)
 
 def min_chunk(tile_size: int, zoom: float) -> int:
     """Smallest chunk (input pixels) for which only the previous chunk's tiles reach a core."""
-    factor = _factor(zoom)
-    assert factor is not None
-    margin = 0 if factor == 1 else 1
+    factor, margin = _grid(zoom)
     return (tile_size + 2 * margin + 2) * factor
 
 
 def _model_length(task: BlockTask, axis: int) -> int:
     """The scene's length in model pixels (a last, partial model pixel included)."""
-    factor = _factor(task.zoom)
-    assert factor is not None
-    return -(-task.chunk_stops[axis][-1] // factor)
+    return -(-task.chunk_stops[axis][-1] // _grid(task.zoom)[0])
 
 
 def _owned_span(task: BlockTask, axis: int, index: int) -> Span:
@@ -80,8 +79,8 @@ def _owned_span(task: BlockTask, axis: int, index: int) -> Span:
 
     The first and last chunks own the tiles that reach into the scene past its edges.
     """
-    factor, margin = _factor(task.zoom), _margin(task)
-    assert factor is not None and task.tile_size is not None
+    factor, margin = _grid(task.zoom)
+    assert task.tile_size is not None
     starts, stops = task.chunk_starts[axis], task.chunk_stops[axis]
     low = -(-starts[index] // factor) + margin if index else 1 - task.tile_size
     if index == len(stops) - 1:
@@ -92,8 +91,7 @@ def _owned_span(task: BlockTask, axis: int, index: int) -> Span:
 def _output_window(task: BlockTask, axis: int, index: int) -> tuple[int, int]:
     """Model-grid stretch an output chunk needs: its core, widened by the resampling margin
     (inside the scene: at its edges the resampling repeats the edge pixel)."""
-    factor, margin = _factor(task.zoom), _margin(task)
-    assert factor is not None
+    factor, margin = _grid(task.zoom)
     start, stop = task.chunk_starts[axis][index], task.chunk_stops[axis][index]
     return (max(0, start // factor - margin),
             min(_model_length(task, axis), -(-stop // factor) + margin))
@@ -106,8 +104,7 @@ def _owned(starts: list[int], origin: int, span: Span) -> list[int]:
 def _on_model_grid(image: np.ndarray, origin: tuple[int, int],
                    task: BlockTask) -> tuple[np.ndarray, tuple[int, int]]:
     """The block on the scene's model grid (whole model pixels only) and its model origin."""
-    factor = _factor(task.zoom)
-    assert factor is not None
+    factor, _ = _grid(task.zoom)
     if factor == 1:
         return image, origin
     windows = []
@@ -166,8 +163,7 @@ def combine(task: BlockTask, row: int, column: int,
     for sums in present:
         sums.add_to(total, weight, (window[0][0], window[1][0]))
     proba = blended(total, weight)
-    factor = _factor(task.zoom)
-    assert factor is not None
+    factor, _ = _grid(task.zoom)
     if factor > 1:
         core: Window = tuple(  # type: ignore[assignment]
             (task.chunk_starts[axis][index] - start * factor,
