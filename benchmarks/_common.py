@@ -48,8 +48,10 @@ __all__ = [
     "print_table",
     "progress",
     "real_scene",
+    "real_scene_files",
     "real_scene_numpy",
     "run_child",
+    "scene_files",
     "serve_child",
     "stopwatch",
     "use_data",
@@ -183,6 +185,45 @@ def real_scene(size: int, chunk: int, bands: Sequence[str]) -> Any:
                         mirror_dask(data[name].data, size).rechunk((1, chunk, chunk)))
                  for name in data.data_vars}
     return xr.Dataset(variables, coords=coords, attrs=data.attrs)
+
+
+def scene_files(size: int, bands: Sequence[str], folder: Path) -> Path:
+    """The real scene's band files mirrored to a ``size`` x ``size`` px scene at 10 m, written
+    into ``folder`` as tiled, deflated GeoTIFFs (as a cloud-optimised GeoTIFF is stored).
+
+    Each band keeps its native resolution (a 20 m band is ``size / 2`` px square), digital
+    numbers, CRS and origin, and its file name, so :func:`xcloud.data.sample.scene_item` makes
+    the same STAC item of it as of the real scene. Reading it back with ``xcloud.load`` reads
+    each chunk's own window of the files, as a real full tile is read (:func:`real_scene`
+    instead mirrors the small scene lazily, so every chunk derives from the same few reads).
+    """
+    import rasterio
+
+    from xcloud.data.sample import _band_files, sample_scene_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (path, _) in _band_files(sample_scene_dir(download=False)).items():
+        target = folder / f"{path.stem}.tif"
+        if name not in bands or target.exists():
+            continue
+        with rasterio.open(path) as source:
+            profile, values = source.profile, source.read(1)
+            band_size = -(-size * 10 // round(source.res[0]))
+        profile.update(driver="GTiff", height=band_size, width=band_size, tiled=True,
+                       blockxsize=512, blockysize=512, compress="deflate", count=1)
+        with rasterio.open(target, "w", **profile) as sink:
+            sink.write(mirror_numpy(values, band_size, dtype=values.dtype), 1)
+    return folder
+
+
+def real_scene_files(size: int, chunk: int, bands: Sequence[str], folder: Path) -> Any:
+    """The scene of :func:`scene_files` (written into ``folder`` when not there yet), loaded
+    lazily with ``xcloud.load`` in ``chunk`` px chunks."""
+    from xcloud.data.load import load
+    from xcloud.data.sample import scene_item
+
+    item = scene_item(scene_files(size, bands, folder))
+    return load([item], bands=list(bands), chunks=chunk)
 
 
 def real_scene_numpy(size: int, bands: Sequence[str]) -> np.ndarray:

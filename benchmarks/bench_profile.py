@@ -8,9 +8,10 @@
    normalising, averaging to the model's 30 m grid, the model's ``predict_proba`` on the
    tiles, cutting and blending the tiles, resampling the probabilities back to 10 m,
    classifying, and writing the chunk into a Zarr store (``to_zarr``'s chunk writer). Stages
-   are scaled to the whole scene: per-pixel stages by its pixels, the model and the blending
-   by the tiles the chunks run (counted with the engine's tiling), reading and resampling by
-   the source chunks ``to_zarr``'s batches read (a chunk's halo needs its neighbours).
+   are scaled to the whole scene: per-pixel stages by its pixels (each pixel is checked,
+   normalised and averaged once: chunks share model-grid sums, not halos), the model and the
+   blending by the tiles the chunks run (counted with the engine's tiling), reading and
+   resampling by the source chunks (each read once).
    One thread per task, as in the engine on the threaded scheduler; the wall estimate divides
    the CPU seconds by the cores.
 2. **Model vs hardware.** The model's FLOPs for one 256² tile (``FlopCounterMode`` on the
@@ -124,8 +125,9 @@ def instrumented(timer: StageTimer) -> Iterator[None]:
 
     blocks = importlib.import_module("xcloud.engine.blocks")
     shared = importlib.import_module("xcloud.engine.tile_once")
-    stages = [(blocks, "_nodata_mask", "no-data check"), (shared, "_resize", "to model grid"),
-              (shared, "sum_tiles", "tiles"), (shared, "blended", "sum + blend"),
+    stages = [(blocks, "_nodata_mask", "no-data check"), (shared, "block_sums", "to model grid"),
+              (shared, "_assembled", "to model grid"), (shared, "sum_tiles", "tiles"),
+              (shared, "blended", "sum + blend"),
               (shared, "_upsample_core", "back to 10 m"), (shared, "_finish", "classify")]
     saved = [(module, name, getattr(module, name)) for module, name, _ in stages]
     get_model, apply = blocks.get_model, Normalization.apply
@@ -192,35 +194,65 @@ def measure_upsample(arrays: dict[int, np.ndarray], chunk: int, repeats: int) ->
     return best_of(upsample, repeats)
 
 
-def chunk_geometry(task: Any, row: int, col: int) -> tuple[int, tuple[slice, slice]]:
-    """Block side (chunk plus halo) and the chunk's core inside the block."""
-    from xcloud.engine.blocks import _chunk_origin, _core
-
-    cores, sides = [], []
+def padded_scene(task: Any, row: int, col: int, bands: tuple[str, ...]) -> np.ndarray:
+    """(1, bands, h, w): the mirrored real scene from its start to the end of chunk
+    (row + 1, col + 1), padded as the engine pads the scene's edges (symmetric, by the halo)."""
+    ends, pads = [], []
     for axis, index in ((0, row), (1, col)):
-        origin = _chunk_origin(task, axis, index)
-        core = _core(task, axis, index, origin)
-        cores.append(slice(*core))
-        sides.append(core[1] + task.depth[axis])
-    return max(sides), (cores[0], cores[1])
+        stops = task.chunk_stops[axis]
+        ends.append(stops[min(index + 1, len(stops) - 1)])
+        pad = task.depth[axis] if task.halo_at_edges else 0
+        pads.append((pad, pad if ends[-1] == stops[-1] else 0))
+    image = _common.real_scene_numpy(max(ends), bands)[:ends[0], :ends[1]].transpose(2, 0, 1)
+    return np.pad(image, [(0, 0), *pads], mode="symmetric")[None]
 
 
-def run_chunk(task: Any, block: np.ndarray, row: int, col: int) -> tuple[StageTimer, float,
-                                                                          np.ndarray]:
-    """The engine's tasks for one chunk on ``block``, instrumented: its tile sums (the tiles it
-    owns) and its output (its sums plus those of the chunks before it, computed beforehand on
-    the same pixels), as :mod:`xcloud.engine.tile_once` runs them; timer, seconds, output."""
-    from xcloud.engine.tile_once import combine, tile_sums
+def run_chunk(task: Any, padded: np.ndarray, row: int, col: int) -> tuple[StageTimer, float,
+                                                                           np.ndarray]:
+    """The engine's tasks for one chunk, instrumented: ``prepare`` of its pixels, the sums of
+    the tiles it owns (their image assembled from its and its neighbours' prepared sums) and
+    its output (its sums plus those of the chunks before it, computed beforehand), as
+    :mod:`xcloud.engine.tile_once` runs them on ``padded`` (see :func:`padded_scene`)."""
+    shared = importlib.import_module("xcloud.engine.tile_once")
+    factor = round(1 / task.zoom)
+    pads = [task.depth[axis] if task.halo_at_edges else 0 for axis in (0, 1)]
+    spans = [shared._padded_spans(
+        (pads[axis], *np.diff((0, *task.chunk_stops[axis])).tolist(), pads[axis]), pads[axis])
+        for axis in (0, 1)]
+    first = [1 if pad else 0 for pad in pads]
+    prepared: dict[tuple[int, int], Any] = {}
 
+    def prepare(p: int, q: int) -> Any:
+        if (p, q) not in prepared:
+            (top, bottom), (left, right) = spans[0][p], spans[1][q]
+            block = padded[..., top + pads[0]:bottom + pads[0], left + pads[1]:right + pads[1]]
+            prepared[p, q] = shared.prepare(block, task, (top, left))
+        return prepared[p, q]
+
+    def under(r: int, c: int) -> tuple[Any, list[tuple[int, int]]]:
+        window = (shared._tiles_window(task, 0, r), shared._tiles_window(task, 1, c))
+        return window, [(p, q) for p in shared._under(spans[0], window[0], factor)
+                        for q in shared._under(spans[1], window[1], factor)]
+
+    def sums(r: int, c: int) -> Any:
+        window, chunks = under(r, c)
+        return shared.tile_sums(task, r, c, [shared._part_in(prepare(p, q), window)
+                                             for p, q in chunks])
+
+    own = (row + first[0], col + first[1])
     with engine_threads(1):
-        tile_sums(block[..., :600, :600], task, 0, 0)  # model loaded, kernels compiled
-        before = [tile_sums(block, task, r, c) for r in (row - 1, row) for c in (col - 1, col)
-                  if r >= 0 and c >= 0 and (r, c) != (row, col)]
+        before = [sums(r, c) for r in (row - 1, row) for c in (col - 1, col)
+                  if r >= 0 and c >= 0 and (r, c) != (row, col)]  # model loaded, kernels
+        for p, q in under(row, col)[1]:  # compiled, the neighbours' sums prepared
+            prepare(p, q)
+        del prepared[own]  # prepared again below, timed
         timer = StageTimer()
         with instrumented(timer):
             start = time.perf_counter()
-            own = tile_sums(block, task, row, col)
-            out = combine(task, row, col, [*before, own])
+            empty = prepare(*own)[1]
+            output = (shared._output_window(task, 0, row), shared._output_window(task, 1, col))
+            pieces = [shared._sums_in(sums_, output) for sums_ in [*before, sums(row, col)]]
+            out = shared.combine(task, row, col, empty, pieces)
             total = time.perf_counter() - start
     return timer, total, out
 
@@ -269,10 +301,9 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                         device=args.device)
     chunks = [len(stops) for stops in task.chunk_stops]
     row, col = (min(1, n - 1) for n in chunks)
-    side, core = chunk_geometry(task, row, col)
-    block = _common.real_scene_numpy(side, info.bands).transpose(2, 0, 1)[None].copy()
-    timer, total, out = run_chunk(task, block, row, col)
-    chunk_px = (core[0].stop - core[0].start) * (core[1].stop - core[1].start)
+    padded = padded_scene(task, row, col, info.bands)
+    timer, total, out = run_chunk(task, padded, row, col)
+    chunk_px = out.shape[-2] * out.shape[-1]
     write_s = measure_write(out[0, 0], args.size, args.chunk,
                             (slice(task.chunk_starts[0][row], task.chunk_stops[0][row]),
                              slice(task.chunk_starts[1][col], task.chunk_stops[1][col])),
@@ -294,7 +325,8 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
          f"(batches of {batch} chunks, shared sources carried)"),
         ("resample 20 m -> 10 m (load, numba)", upsample_s,
          upsample_s * per_chunk * amplification, f"x{amplification:.2f} per source"),
-        *((name, value, value * per_chunk, "chunk + halo") for name, value in seconds.items()
+        *((name, value, value * per_chunk, "chunk (once per pixel)")
+          for name, value in seconds.items()
           if name in ("no-data check", "normalise", "to model grid")),
         ("model predict_proba", model_s, per_tile * tiles_run,
          f"{1e3 * per_tile:.0f} ms/tile x {tiles_run} tiles ({tiles_unique} unique)"),
@@ -317,7 +349,7 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
          "share", "scaled by"], rows,
         title=f"1. Where the time goes: {args.size}² in {args.chunk} px chunks on {args.device} "
               f"(chunk ({row}, {col}) of {chunks[0]} x {chunks[1]}, halo {task.depth[0]} px, "
-              f"block {side}², model batch {args.batch_size}; {_common.NOISE_HEADER} "
+              f"model batch {args.batch_size}; {_common.NOISE_HEADER} "
               f"{meter.noise})")
     decode = table[0][2] + table[1][2]
     batches = math.ceil(chunks[0] * chunks[1] / batch)
@@ -567,8 +599,8 @@ def main() -> None:
                 title=f"3. End to end on {args.device} (threaded scheduler). The mirrored "
                       "scene reads its one real 1.2 Mpx scene once per batch of chunks, a real "
                       "tile reads "
-                      "every chunk (and its neighbours); the rest of the difference is halo "
-                      "assembly, copies and scheduling")
+                      "every chunk once; the rest of the difference is copies, transfers "
+                      "between the tasks and scheduling")
         gpu_section(args, flops, found["decode"], Path(tmp))
 
 

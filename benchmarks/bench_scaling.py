@@ -1,7 +1,11 @@
 """Scaling of the main job: worker processes, threads vs processes, chunk size and halo.
 
 The job is ``predict(model="ukis-6b-l1c")`` + ``to_zarr`` on the real L1C scene mirrored to a
-``--size`` square (read lazily from its JP2 files, as in ``bench_scene_to_zarr.py``).
+``--size`` square. ``--source files`` (default) first writes the mirrored bands as tiled,
+deflated GeoTIFFs at their native resolutions and loads them with ``xcloud.load``, so that each
+chunk reads its own window, as in a real tile; ``--source mirror`` mirrors the small scene
+lazily from its JP2 files (as ``bench_scene_to_zarr.py``), where every chunk derives from the
+same few reads (which then have to reach every worker process).
 
 1. **Workers.** ``xcloud.local_cluster`` with 1 and 2 worker processes of one thread each
    (target: >= 1.8x on 2 cores), one worker process with 2 threads, and the Dask threaded
@@ -13,8 +17,8 @@ The job is ``predict(model="ukis-6b-l1c")`` + ``to_zarr`` on the real L1C scene 
    against the scene's unique lattice tiles (tiles across chunk borders run in both chunks).
 
 Every configuration first runs once on a small scene (loading models and compiled kernels in
-each process), then is timed. Chunks are enlarged to at least the halo by the engine: the
-``eff. chunk`` column says what ran.
+each worker process, by a task pinned to each), then is timed. Chunks are enlarged to at least
+the halo by the engine: the ``eff. chunk`` column says what ran.
 
     python benchmarks/bench_scaling.py                  # 4096², chunks 512/1024/2048
     python benchmarks/bench_scaling.py --quick          # 1600², chunks 800/1600, halo 0/774
@@ -30,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import _common
 import numpy as np
@@ -62,10 +67,27 @@ class Setup:
 
         with xcloud.local_cluster(n_workers=self.workers, threads_per_worker=self.threads) \
                 as cluster, Client(cluster) as client:
-            # fill the model registry in each worker before its threads race to it: its lazy
-            # first load is not thread-safe yet (xcloud.models.registry._load_plugins)
-            client.run(xcloud.models.list)
+            # in every worker, not only the first to get a task; as a task (client.run would
+            # run it outside the worker's thread pool, where xcloud sizes thread pools for the
+            # synchronous scheduler and caches the model with them)
+            client.gather([client.submit(warm_up_here, WARM_UP, workers=[address], pure=False)
+                           for address in client.scheduler_info()["workers"]])
             yield
+
+
+def warm_up_here(size: int) -> None:
+    """Load the model and the compiled kernels in this process: a ``size``² job on the real
+    scene with the synchronous scheduler (run on each worker with ``client.run``)."""
+    import dask
+
+    import xcloud
+    from xcloud.data.load import load
+    from xcloud.data.sample import sample_scene_dir, scene_item
+
+    bands = list(xcloud.models.get(MODEL).info.bands)
+    scene = load([scene_item(sample_scene_dir(download=False))], bands=bands, chunks=size)
+    with dask.config.set(scheduler="sync"):
+        xcloud.predict(scene.isel(y=slice(0, size), x=slice(0, size)), model=MODEL).compute()
 
 
 @dataclass
@@ -84,14 +106,25 @@ class Run:
         return size * size / self.meter.seconds / 1e6
 
 
-def job(size: int, chunk: int, halo: int | None,
-        store: Path) -> tuple[_common.Meter, int, tuple[int, int]]:
+def scene(size: int, chunk: int, files: Path | None) -> Any:
+    """The lazy input: read chunk by chunk from the mirrored band files in ``files``
+    (written there first if needed), or (``None``) the small scene mirrored lazily."""
+    import xcloud
+
+    bands = xcloud.models.get(MODEL).info.bands
+    if files is None:
+        return _common.real_scene(size, chunk, bands)
+    return _common.real_scene_files(size, chunk, bands, files / f"scene-{size}")
+
+
+def job(size: int, chunk: int, halo: int | None, store: Path,
+        files: Path | None = None) -> tuple[_common.Meter, int, tuple[int, int]]:
     """Time predict + to_zarr once: the meter, the effective chunk, tiles run and unique."""
     import xcloud
 
-    scene = _common.real_scene(size, chunk, xcloud.models.get(MODEL).info.bands)
+    data = scene(size, chunk, files)
     with _common.stopwatch() as meter:
-        mask, task = _common.predict_capturing(scene, model=MODEL, halo=halo)
+        mask, task = _common.predict_capturing(data, model=MODEL, halo=halo)
         xcloud.to_zarr(mask, store, overwrite=True)
     tiles, unique = _common.engine_tiles(task, (size, size))
     return meter, int(mask.data.chunksize[-1]), (tiles, unique)
@@ -121,6 +154,10 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="chunk size of part 1")
     parser.add_argument("--chunks", type=int, nargs="+", default=[512, 1024, 2048],
                         help="chunk sizes of part 2")
+    parser.add_argument("--source", choices=("files", "mirror"), default="files",
+                        help="files: the scene mirrored into band GeoTIFFs, each chunk reading "
+                             "its window (as a real tile); mirror: the small scene mirrored "
+                             "lazily (every chunk derives from its few reads)")
     _common.add_common_args(parser)
     args = parser.parse_args()
     _common.use_data(args.data)
@@ -132,7 +169,8 @@ def main() -> None:
         grid = [(chunk, halo) for chunk in args.chunks for halo in (0, full // 2, full)]
     cores = os.cpu_count() or 1
     _common.print_header("bench_scaling: workers, threads vs processes, chunk size and halo",
-                         model=MODEL, image=f"{args.size}²", part1_chunk=args.chunk,
+                         model=MODEL, image=f"{args.size}²", source=args.source,
+                         part1_chunk=args.chunk,
                          default_halo=f"{full} px", cores=cores)
     setups = [Setup("LocalCluster 1 process x 1 thread", workers=1),
               Setup("LocalCluster 2 processes x 1 thread", workers=2),
@@ -148,15 +186,19 @@ def run_all(args: argparse.Namespace, setups: list[Setup], grid: list[tuple[int,
     """Every configuration, warmed up then timed, keyed by (setup, chunk, halo)."""
     runs: dict[tuple[str, int, int], Run] = {}
     threaded = setups[-1]
+    files = tmp if args.source == "files" else None
+    if files is not None:
+        _common.progress(f"writing the {args.size}² scene's band files")
+        scene(args.size, args.chunk, files)
     for setup in setups:
         todo = [(args.chunk, full)]
         if setup is threaded:
             todo += [config for config in grid if config != (args.chunk, full)]
         with setup.scheduler():
-            job(WARM_UP, WARM_UP, 0, tmp / "warm-up.zarr")  # models and kernels loaded
+            job(WARM_UP, WARM_UP, None, tmp / "warm-up.zarr")  # the client's side too
             for chunk, halo in todo:
                 store = tmp / f"{len(runs)}.zarr"
-                meter, eff_chunk, tiles = job(args.size, chunk, halo, store)
+                meter, eff_chunk, tiles = job(args.size, chunk, halo, store, files)
                 runs[setup.label, chunk, halo] = Run(setup.label, chunk, halo, eff_chunk, tiles,
                                                      meter, store)
                 _common.progress(f"{setup.label}, chunk {chunk}, halo {halo}: "

@@ -11,6 +11,7 @@ import pytest
 import xarray as xr
 
 from xcloud.data.resample import (
+    block_sums,
     downsample_majority,
     downsample_mean,
     resample_dask,
@@ -24,6 +25,13 @@ RNG = np.random.default_rng(42)
 
 
 # ---------------------------------------------------------------- plain references
+
+
+def reference_sum(image: np.ndarray, factor: int) -> np.ndarray:
+    """float64 sums of the factor x factor blocks (partial blocks at the far edges)."""
+    rows, cols = -(-image.shape[0] // factor), -(-image.shape[1] // factor)
+    return np.array([[image[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
+                      .astype(np.float64).sum() for c in range(cols)] for r in range(rows)])
 
 
 def interpolation_matrix(n_in: int, n_out: int, factor: int, weight, lobes: int) -> np.ndarray:
@@ -232,6 +240,31 @@ def test_mean_matches_reference(shape, factor):
     assert out.dtype == np.float32
     assert np.isnan(out[..., 0, 0]).all()
     np.testing.assert_allclose(out, stacked(reference_mean, values, factor), rtol=1e-5)
+
+
+@pytest.mark.parametrize(("factor", "cut"), [(3, (50, 40)), (3, (51, 1)), (2, (7, 8)), (1, (3, 4))])
+def test_block_sums_of_pieces_add_up_to_the_whole(factor, cut):
+    values = RNG.random((2, 99, 99), dtype=np.float32)
+    whole = block_sums(values, factor)
+    assert whole.dtype == np.float64 and whole.shape == (2, -(-99 // factor), -(-99 // factor))
+    np.testing.assert_array_equal(whole, stacked(reference_sum, values, factor))
+    total = np.zeros_like(whole)
+    (row, col) = cut
+    for rows in (slice(0, row), slice(row, 99)):
+        for cols in (slice(0, col), slice(col, 99)):
+            offset = (rows.start % factor, cols.start % factor)
+            piece = block_sums(values[:, rows, cols], factor, offset)
+            top, left = rows.start // factor, cols.start // factor
+            total[:, top:top + piece.shape[1], left:left + piece.shape[2]] += piece
+    np.testing.assert_array_equal(total, whole)  # float64 sums of float32: exact
+    if 99 % factor == 0:
+        np.testing.assert_array_equal((whole / factor**2).astype(np.float32),
+                                      downsample_mean(values, factor))
+
+
+def test_block_sums_refuses_an_offset_outside_the_block():
+    with pytest.raises(ValueError, match="offset"):
+        block_sums(np.ones((4, 4)), 2, (2, 0))
 
 
 def test_mean_of_float64_and_integers():

@@ -142,3 +142,36 @@ def test_images_smaller_than_a_model_pixel_or_the_halo(height, width, chunks):
     chunked = _run(scene, "context-tiny", chunks)
     assert whole.shape == (height, width)
     np.testing.assert_array_equal(chunked.values, whole.values)
+
+
+@pytest.mark.parametrize("halo", [None, 0])
+def test_the_input_is_never_written_to(halo):
+    """Models without normalisation see the input's own memory: no-data filling must copy."""
+    scene = _scene(120, 120)
+    scene[0, :10, :10] = np.nan  # some bands only: no data with invalid="nodata"
+    before = scene.values.copy()
+    _register("context-readonly", 10.0)
+    with dask.config.set(scheduler="sync"):
+        mask = predict(scene.chunk({"y": 60, "x": 60}), model="context-readonly",
+                       resolution=10, halo=halo, invalid="nodata").compute()
+    np.testing.assert_array_equal(scene.values, before)
+    assert (mask.values[:10, :10] == UKIS_SCHEME.nodata.value).all()
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_each_pixel_is_normalised_once(monkeypatch, factor):
+    """Chunks exchange model-grid sums, not halos: the no-data check and normalisation run
+    once per pixel of the scene padded at its edges."""
+    seen = []
+    original = tile_once._normalized
+
+    def counting(image, task):
+        seen.append(image.shape[-2] * image.shape[-1])
+        return original(image, task)
+
+    monkeypatch.setattr(tile_once, "_normalized", counting)
+    _register(f"context-once-{factor}", 10.0 * factor)
+    height, width = 301, 250
+    _run(_scene(height, width), f"context-once-{factor}", 130)
+    depth = (TILE + 2) * factor  # the default halo pads each edge
+    assert sum(seen) == (height + 2 * depth) * (width + 2 * depth)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DOWNSAMPLING_METHODS",
     "UPSAMPLING_METHODS",
+    "block_sums",
     "downsample_majority",
     "downsample_mean",
     "resample_dask",
@@ -170,6 +171,18 @@ def _block_mean_kernel(src: np.ndarray, factor: int, out: np.ndarray) -> None:
             _block_mean_row(src[b, j * factor:j * factor + factor], factor, sums, counts)
             for c in range(out.shape[2]):
                 out[b, j, c] = sums[c] / counts[c] if counts[c] else np.nan
+
+
+@_jit
+def _block_sums_kernel(src: np.ndarray, row_offset: int, column_offset: int, factor: int,
+                       out: np.ndarray) -> None:
+    """Add each pixel to its block: ``out[b, (y + row_offset) // factor, (x + ...) // ...]``."""
+    columns = (np.arange(src.shape[2]) + column_offset) // factor
+    for b in range(src.shape[0]):
+        for y in range(src.shape[1]):
+            row = out[b, (y + row_offset) // factor]
+            for x in range(src.shape[2]):
+                row[columns[x]] += src[b, y, x]
 
 
 @_inline
@@ -423,6 +436,40 @@ def downsample_mean(values: np.ndarray, factor: int) -> np.ndarray:
     if out.size:
         _block_mean_kernel(src, factor, out)
     return out.reshape(_down_shape(values.shape, factor))
+
+
+def block_sums(values: np.ndarray, factor: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Sums (float64) of the ``factor`` x ``factor`` blocks of a grid that ``values`` cuts.
+
+    ``offset`` is where ``values`` starts inside its first block (row, column; each in
+    ``[0, factor)``). Blocks that ``values`` cuts get the sum of the pixels it holds, so the
+    sums of two pieces of an image add up to the sums of the whole; divided by ``factor**2``
+    they equal :func:`downsample_mean` (for finite values).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        (..., H, W), any real dtype.
+    factor : int
+        Block size (>= 1).
+    offset : tuple of int
+        Position of ``values[..., 0, 0]`` in its block.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (..., ceil((offset[0] + H) / factor), ceil((offset[1] + W) / factor)).
+    """
+    _check_image(values)
+    factor = _check_factor(factor)
+    if not all(0 <= o < factor for o in offset):
+        raise ValueError(f"offset must lie in [0, {factor}) on both axes, got {offset}")
+    src = _stack(values)
+    shape = tuple(-(-(o + n) // factor) for o, n in zip(offset, src.shape[-2:], strict=True))
+    out = np.zeros((src.shape[0], *shape), np.float64)
+    if src.size:
+        _block_sums_kernel(src, int(offset[0]), int(offset[1]), factor, out)
+    return out.reshape(*values.shape[:-2], *shape)
 
 
 # --------------------------------------------------------------------------------------------

@@ -192,15 +192,30 @@ def _prepared(image: np.ndarray, task: BlockTask
               ) -> tuple[CloudModel | None, np.ndarray | None, np.ndarray]:
     """The model, the normalised image (no-data pixels 0) and the no-data mask of a block;
     model and image are ``None`` when the block holds no data at all (the model is not run)."""
+    normalized, empty = _normalized(image, task)
+    return (None if normalized is None else _loaded_model(task)), normalized, empty
+
+
+def _normalized(image: np.ndarray, task: BlockTask) -> tuple[np.ndarray | None, np.ndarray]:
+    """The normalised image (no-data pixels 0; ``None`` when all are no data) and the no-data
+    mask."""
     empty = _nodata_mask(image, task)
     if empty.all():
-        return None, None, empty
+        return None, empty
+    # the loaded model's normalisation: a checkpoint may bring its own
+    normalized = get_model(task.spec).info.normalization.apply(image)
+    if np.may_share_memory(normalized, image):  # never write into the task's input
+        normalized = normalized.copy()
+    normalized[:, empty] = 0.0  # non-finite pixels are in `empty` (or raised) by now
+    return normalized, empty
+
+
+def _loaded_model(task: BlockTask) -> CloudModel:
+    """The task's model from this process's cache, with torch's threads set for one task."""
     model = get_model(task.spec)
     if task.spec.device == "cpu":
         limit_torch_threads(threads_per_task())
-    normalized = model.info.normalization.apply(image)
-    normalized[:, empty] = 0.0  # non-finite pixels are in `empty` (or raised) by now
-    return model, normalized, empty
+    return model
 
 
 def _finish(proba: np.ndarray, core_empty: np.ndarray, task: BlockTask) -> np.ndarray:

@@ -185,16 +185,19 @@ def predict(
                        + (0.0 if offset is None else offset))
     zoom = (resolution or pixel_size(cube, default=info.resolution)) / info.resolution
     depth = _halo_pixels(info, zoom, halo)
+    # along an axis shorter than the halo (one chunk) a wider halo would only add mirrored
+    # pixels, which tiling adds anyway
+    depths = (min(depth, cube.shape[-2]), min(depth, cube.shape[-1]))
+    pads = depths if boundary != "none" else (0, 0)
     tiles = info.tile_size if tile_size is None else tile_size
-    shared = tile_once.supports(tiles, zoom, depth, _halo_pixels(info, zoom, None))
+    shared = tile_once.supports(
+        tiles, zoom, depth, _halo_pixels(info, zoom, None),
+        [(-pad, length + pad) for pad, length in zip(pads, cube.shape[-2:], strict=True)])
     had_time = cube.ndim == 4
     if not had_time:
         cube = cube.expand_dims("time")
     smallest = max(depth, tile_once.min_chunk(tiles, zoom)) if shared else depth
     array = _rechunk(_as_dask(cube, chunk_size), smallest)
-    # along an axis shorter than the halo (one chunk) a wider halo would only add mirrored
-    # pixels, which tiling adds anyway
-    depths = (min(depth, cube.shape[-2]), min(depth, cube.shape[-1]))
     spec = ModelSpec.create(model, weights=weights, device=resolve_device(device),
                             runtime=runtime)
     task = BlockTask(

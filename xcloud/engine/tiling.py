@@ -15,7 +15,15 @@ import numpy as np
 
 from ..models.protocol import CloudModel
 
-__all__ = ["TileSums", "blend_window", "blended", "predict_tiled", "sum_tiles", "tile_starts"]
+__all__ = [
+    "TileSums",
+    "blend_window",
+    "blended",
+    "overlap_slices",
+    "predict_tiled",
+    "sum_tiles",
+    "tile_starts",
+]
 
 _MIN_WEIGHT = 1e-3
 
@@ -82,16 +90,37 @@ class TileSums:
 
     def add_to(self, total: np.ndarray, weight: np.ndarray, origin: tuple[int, int]) -> None:
         """Add the part of these sums that falls on ``total``/``weight`` placed at ``origin``."""
-        source, target = [], []
-        for mine, theirs, mine_size, theirs_size in zip(
-                self.origin, origin, self.weight.shape, weight.shape, strict=True):
-            start, stop = max(mine, theirs), min(mine + mine_size, theirs + theirs_size)
-            if stop <= start:
-                return
-            source.append(slice(start - mine, stop - mine))
-            target.append(slice(start - theirs, stop - theirs))
-        total[(slice(None), *target)] += self.total[(slice(None), *source)]
-        weight[tuple(target)] += self.weight[tuple(source)]
+        slices = overlap_slices(self.origin, self.weight.shape, origin, weight.shape)
+        if slices is not None:
+            source, target = slices
+            total[(slice(None), *target)] += self.total[(slice(None), *source)]
+            weight[target] += self.weight[source]
+
+    def crop(self, origin: tuple[int, int], shape: tuple[int, int]) -> TileSums | None:
+        """A copy of the part inside the window at ``origin`` of ``shape`` (``None``: none)."""
+        slices = overlap_slices(self.origin, self.weight.shape, origin, shape)
+        if slices is None:
+            return None
+        source, _ = slices
+        start = (self.origin[0] + source[0].start, self.origin[1] + source[1].start)
+        return TileSums(start, self.total[(slice(None), *source)].copy(),
+                        self.weight[source].copy())
+
+
+def overlap_slices(origin: tuple[int, int], shape: tuple[int, ...], target_origin: tuple[int, int],
+                   target_shape: tuple[int, ...]
+                   ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Where two windows of one grid (origin and shape of the last two axes) overlap: slices
+    into the first and into the second, or ``None`` when they do not."""
+    source, target = [], []
+    for mine, theirs, mine_size, theirs_size in zip(
+            origin, target_origin, shape[-2:], target_shape[-2:], strict=True):
+        start, stop = max(mine, theirs), min(mine + mine_size, theirs + theirs_size)
+        if stop <= start:
+            return None
+        source.append(slice(start - mine, stop - mine))
+        target.append(slice(start - theirs, stop - theirs))
+    return (source[0], source[1]), (target[0], target[1])
 
 
 def _tile_window(image: np.ndarray, rows: list[int], cols: list[int], tile: int) -> np.ndarray:
