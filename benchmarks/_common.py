@@ -3,8 +3,9 @@
 Not part of xcloud. The scripts import it as ``_common`` (Python puts the script's folder on
 ``sys.path``). Real data comes from ``$XCLOUD_TEST_DATA`` or ``../shared/data`` beside the
 repository: ukis-csmask's labelled patch and the real L1C scene (T33UUU, 768 x 1536 px at 10 m),
-both mirrored to squares of any size, lazily (xcloud reads chunk by chunk) or into one
-preallocated numpy array (the peers' whole-image interface).
+both mirrored to squares of any size, lazily (xcloud reads chunk by chunk), into band files
+(GeoTIFFs that xcloud reads window by window, as a real tile) or into one preallocated numpy
+array (the peers' whole-image interface).
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ def instrumented(timer: StageTimer) -> Iterator[None]:
 
     blocks = importlib.import_module("xcloud.engine.blocks")
     shared = importlib.import_module("xcloud.engine.tile_once")
-    stages = [(blocks, "_nodata_mask", "no-data check"), (shared, "block_sums", "to model grid"),
+    resample = importlib.import_module("xcloud.data.resample")
+    stages = [(blocks, "_nodata_mask", "no-data check"), (resample, "block_sums", "to model grid"),
               (shared, "_assembled", "to model grid"), (shared, "sum_tiles", "tiles"),
               (shared, "blended", "sum + blend"),
               (shared, "_upsample_core", "back to 10 m"), (shared, "_finish", "classify")]

@@ -115,12 +115,17 @@ def test_old_path_runs_border_tiles_twice():
 
 
 def test_supports_only_tiled_integer_zooms_with_the_default_halo():
-    assert tile_once.supports(256, 1.0, 258, 258)
-    assert tile_once.supports(256, 1 / 3, 774, 774)
-    assert not tile_once.supports(None, 1.0, 0, 0)
-    assert not tile_once.supports(256, 2.0, 129, 129)
-    assert not tile_once.supports(256, 2 / 3, 387, 387)
-    assert not tile_once.supports(256, 1.0, 100, 258)
+    big = [(-774, 5000 + 774)] * 2
+    assert tile_once.supports(256, 1.0, 258, 258, padded=big)
+    assert tile_once.supports(256, 1 / 3, 774, 774, padded=big)
+    assert tile_once.supports(256, 1 / 3, 900, 774, padded=big)  # a wider halo
+    assert not tile_once.supports(None, 1.0, 0, 0, padded=big)
+    assert not tile_once.supports(256, 2.0, 129, 129, padded=big)
+    assert not tile_once.supports(256, 2 / 3, 387, 387, padded=big)
+    assert not tile_once.supports(256, 1.0, 100, 258, padded=big)
+    # a padded scene without one whole 30 m pixel along an axis (1 px at 10 m, padded by 1)
+    assert not tile_once.supports(256, 1 / 3, 774, 774, padded=[(-1, 2), (-774, 5774)])
+    assert tile_once.supports(256, 1 / 3, 774, 774, padded=[(-2, 4), (-774, 5774)])
     assert tile_once.min_chunk(256, 1.0) == 258 and tile_once.min_chunk(256, 1 / 3) == 780
 
 

@@ -192,7 +192,7 @@ def predict(
     tiles = info.tile_size if tile_size is None else tile_size
     shared = tile_once.supports(
         tiles, zoom, depth, _halo_pixels(info, zoom, None),
-        [(-pad, length + pad) for pad, length in zip(pads, cube.shape[-2:], strict=True)])
+        padded=[(-pad, length + pad) for pad, length in zip(pads, cube.shape[-2:], strict=True)])
     had_time = cube.ndim == 4
     if not had_time:
         cube = cube.expand_dims("time")

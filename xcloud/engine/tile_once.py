@@ -63,8 +63,8 @@ def _grid(zoom: float) -> tuple[int, int]:
     return factor, 0 if factor == 1 else 1
 
 
-def supports(tile_size: int | None, zoom: float, depth: int, default_depth: int,
-             padded: Sequence[Span] = ((0, 1 << 30), (0, 1 << 30))) -> bool:
+def supports(tile_size: int | None, zoom: float, depth: int, default_depth: int, *,
+             padded: Sequence[Span]) -> bool:
     """Whether tiles can be shared: a tiled model, an integer zoom, the default halo (or a wider
     one), and a padded scene (input-pixel ``padded`` extents per axis) that holds a model
     pixel along each axis."""
