@@ -47,9 +47,11 @@ class ContextModel(BaseCloudModel):
         return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _register(name: str, resolution: float) -> ContextModel:
+def _register(name: str, resolution: float, *, tile: int = TILE, overlap: int = OVERLAP,
+              anchor: int | None = None) -> ContextModel:
     info = ModelInfo(name, "0", ("B02", "B03"), resolution, UKIS_SCHEME,
-                     normalization=Normalization("none"), tile_size=TILE, tile_overlap=OVERLAP)
+                     normalization=Normalization("none"), tile_size=tile, tile_overlap=overlap,
+                     tile_anchor=anchor)
     model = ContextModel(info)
     register(ModelEntry(info=info, loader=lambda **_: model), overwrite=True)
     REGISTERED.append(name)
@@ -66,9 +68,10 @@ def _scene(height: int, width: int, seed: int = 0) -> xr.DataArray:
                                 "x": 300000 + 10.0 * np.arange(width)})
 
 
-def _unique_tiles(height: int, width: int, factor: int) -> int:
-    counts = [len(tile_starts(-(-n // factor), TILE, TILE - OVERLAP, -OVERLAP))
-              for n in (height, width)]
+def _unique_tiles(height: int, width: int, factor: int, tile: int = TILE,
+                  overlap: int = OVERLAP, anchor: int = -OVERLAP) -> int:
+    counts = [len(tile_starts(-(-n // factor), tile, tile - overlap, anchor,
+                              scene=-(-n // factor))) for n in (height, width)]
     return counts[0] * counts[1]
 
 
@@ -93,6 +96,23 @@ def test_each_tile_runs_once_and_chunks_equal_the_whole(resolution, factor, chun
     np.testing.assert_array_equal(chunked.values, whole.values)
     classes = np.unique(whole.values)
     assert len(classes) == 3  # the test model is not trivially constant
+
+
+def test_tiles_reaching_the_scene_only_at_the_weight_floor_are_not_run():
+    """Tile -63 (64 px, overlap 28) would cover only the scene's first row/column, where its
+    blending weight is the floor: no chunk runs it, and chunks still equal the whole."""
+    scene, name = _scene(298, 298), "context-floor"
+    model = _register(name, 10.0, tile=64, overlap=28, anchor=-63)
+    whole = _run(scene, name, 298)
+    model.tiles = 0
+    chunked = _run(scene, name, 100)
+    assert model.tiles == _unique_tiles(298, 298, 1, 64, 28, -63) == 9 * 9
+    assert len(tile_starts(298, 64, 36, -63)) == 11
+    np.testing.assert_array_equal(chunked.values, whole.values)
+    with dask.config.set(scheduler="threads"):  # the per-chunk engine leaves out the same tiles
+        per_chunk = predict(scene.chunk({"y": 100, "x": 100}), model=name, resolution=10,
+                            halo=64).compute()
+    np.testing.assert_array_equal(per_chunk.values, whole.values)
 
 
 def test_probabilities_match_the_whole_image():

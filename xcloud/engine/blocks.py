@@ -184,8 +184,17 @@ def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
         anchor=task.tile_anchor,
         origin=(round(origin[0] * task.zoom), round(origin[1] * task.zoom)),
         region=_model_region(core, task.zoom),
+        scene=_model_scene(task),
     )
     return _upsample_core(proba, core, task.zoom, (height, width))
+
+
+def _model_scene(task: BlockTask) -> tuple[int, int] | None:
+    """The scene's size in model pixels (a last, partial one included); ``None``: unknown."""
+    stops = (task.chunk_stops[0][-1], task.chunk_stops[1][-1])
+    if not all(stops):
+        return None
+    return math.ceil(stops[0] * task.zoom - 1e-9), math.ceil(stops[1] * task.zoom - 1e-9)
 
 
 def _prepared(image: np.ndarray, task: BlockTask

@@ -204,11 +204,12 @@ def _sums_in(sums: TileSums | None, spans: tuple[Span, Span]) -> TileSums | None
 def _assembled(parts: list[GridPart], spans: tuple[Span, Span], task: BlockTask) -> np.ndarray:
     """The normalised image (float32) on the model grid over ``spans``, from chunks' parts."""
     origin, shape = _window(spans)
-    total = np.zeros((parts[0].sums.shape[0], *shape), np.float64)
+    factor, _ = _grid(task.zoom)
+    exact = np.float32 if factor == 1 else np.float64  # at factor 1 no model pixel is cut
+    total = np.zeros((parts[0].sums.shape[0], *shape), exact)
     for part in parts:
         part.add_to(total, origin)
-    factor, _ = _grid(task.zoom)
-    return (total / (factor * factor)).astype(np.float32)
+    return total if factor == 1 else (total / (factor * factor)).astype(np.float32)
 
 
 def tile_sums(task: BlockTask, row: int, column: int,
@@ -223,7 +224,8 @@ def tile_sums(task: BlockTask, row: int, column: int,
     stride = task.tile_size - task.tile_overlap
     anchor = -task.tile_overlap if task.tile_anchor is None else task.tile_anchor
     owned = [
-        _owned(tile_starts(stop - start, task.tile_size, stride, anchor, start), start,
+        _owned(tile_starts(stop - start, task.tile_size, stride, anchor, start,
+                           scene=_model_length(task, axis)), start,
                _owned_span(task, axis, index))
         for axis, ((start, stop), index) in enumerate(zip(spans, (row, column), strict=True))
     ]

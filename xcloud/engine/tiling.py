@@ -19,6 +19,7 @@ __all__ = [
     "TileSums",
     "blend_window",
     "blended",
+    "floored_edge",
     "overlap_slices",
     "predict_tiled",
     "sum_tiles",
@@ -28,7 +29,8 @@ __all__ = [
 _MIN_WEIGHT = 1e-3
 
 
-def tile_starts(length: int, tile: int, stride: int, anchor: int, origin: int = 0) -> list[int]:
+def tile_starts(length: int, tile: int, stride: int, anchor: int, origin: int = 0, *,
+                scene: int | None = None) -> list[int]:
     """Local starts of the scene-lattice tiles that intersect ``length`` pixels.
 
     Tiles sit on a lattice fixed to the whole scene (``anchor + k * stride``) and ``origin`` is
@@ -36,11 +38,26 @@ def tile_starts(length: int, tile: int, stride: int, anchor: int, origin: int = 
     tiles where their halos overlap: these networks are not shift invariant (a one-pixel shift
     of the tile grid changes about 2 % of ukis-csmask's classes), so a fixed lattice is what
     keeps chunk borders seam-free. Starts may be negative or run past ``length``: the caller
-    pads.
+    pads. With the ``scene`` length, the tiles that would reach into the scene only with the
+    floor of their blending weights (:func:`floored_edge`) are left out: they would add
+    nothing but that floor, for the cost of a whole tile.
     """
     first = math.floor((origin - anchor - tile) / stride) + 1
     last = math.ceil((origin + length - anchor) / stride) - 1
+    if scene is not None:
+        edge = floored_edge(tile, tile - stride)
+        first = max(first, math.floor((edge - anchor - tile) / stride) + 1)
+        last = min(last, math.ceil((scene - edge - anchor) / stride) - 1)
     return [anchor + k * stride - origin for k in range(first, last + 1)]
+
+
+def floored_edge(tile: int, overlap: int) -> int:
+    """Pixels at each end of a tile whose blending weight is only the floor (``1e-3``).
+
+    At most half the overlap, so every scene pixel keeps a tile with more than the floor.
+    """
+    ramp = _ramp(tile, overlap)
+    return min(int(np.argmax(ramp > _MIN_WEIGHT)), max(0, overlap) // 2)
 
 
 def _ramp(tile: int, overlap: int) -> np.ndarray:
@@ -165,7 +182,8 @@ def blended(total: np.ndarray, weight: np.ndarray) -> np.ndarray:
 def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None,
                   overlap: int, batch_size: int, anchor: int | None = None,
                   origin: tuple[int, int] = (0, 0),
-                  region: tuple[tuple[int, int], tuple[int, int]] | None = None) -> np.ndarray:
+                  region: tuple[tuple[int, int], tuple[int, int]] | None = None,
+                  scene: tuple[int, int] | None = None) -> np.ndarray:
     """Blended class probabilities (classes, H, W) of a normalised image (bands, H, W).
 
     ``origin`` is the (row, column) of the image's first pixel in the whole scene, in the
@@ -173,13 +191,15 @@ def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None
     that reach past the image see it mirrored (symmetric padding), as at a scene edge.
     ``region`` (``((row0, row1), (col0, col1))``) restricts the work to the tiles that touch
     it (a chunk's core inside its halo); probabilities outside it are then partial.
+    ``scene`` (rows, columns), the whole scene's size, leaves out the tiles that would reach
+    into it only with the floor of their weights (see :func:`tile_starts`).
     """
     if tile_size is None:  # pixel models take the whole chunk at once
         return model.predict_proba(image[None])[0]
     stride = tile_size - overlap
     anchor = -overlap if anchor is None else anchor
-    rows = tile_starts(image.shape[-2], tile_size, stride, anchor, origin[0])
-    cols = tile_starts(image.shape[-1], tile_size, stride, anchor, origin[1])
+    rows, cols = (tile_starts(image.shape[axis - 2], tile_size, stride, anchor, origin[axis],
+                              scene=None if scene is None else scene[axis]) for axis in (0, 1))
     if region is not None:
         rows = _touching(rows, tile_size, region[0])
         cols = _touching(cols, tile_size, region[1])
