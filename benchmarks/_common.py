@@ -391,6 +391,26 @@ NOISE_HEADER = "load / others"
 """Table header for :attr:`Meter.noise`: 1-min load average, cores busy with other work."""
 
 
+def _tree_rss_from_proc(pid: int) -> int:
+    """Resident bytes of ``pid`` and its descendants, read straight from /proc.
+
+    About 0.04 ms a sample, against 1.5 ms for psutil's ``children(recursive=True)``, which
+    scans every process and holds the GIL meanwhile: sampling must not slow what it measures.
+    """
+    with open(f"/proc/{pid}/task/{pid}/children"):  # OSError where the kernel lacks it
+        pass
+    total, stack, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
+    while stack:
+        process = stack.pop()
+        with suppress(FileNotFoundError, ProcessLookupError):  # a child that just ended
+            with open(f"/proc/{process}/statm") as statm:
+                total += int(statm.read().split()[1]) * page
+            for task in os.listdir(f"/proc/{process}/task"):
+                with open(f"/proc/{process}/task/{task}/children") as children:
+                    stack += [int(child) for child in children.read().split()]
+    return total
+
+
 class _PeakTreeRss:
     """Sample the resident memory of this process plus its live children (worker processes)."""
 
@@ -401,14 +421,17 @@ class _PeakTreeRss:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        import psutil
+        try:
+            return _tree_rss_from_proc(os.getpid())
+        except OSError:  # no /proc/PID/task/TID/children (not Linux): psutil, 40x slower
+            import psutil
 
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            with suppress(psutil.Error):
-                total += child.memory_info().rss
-        return total
+            me = psutil.Process()
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                with suppress(psutil.Error):
+                    total += child.memory_info().rss
+            return total
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -8,7 +8,9 @@ chunk, as it would from odc-stac.
 
 xcloud runs the same 256 px tiles as CSmask (its lattice and 52 px overlap: the same pixels
 through the same network), and, as extra rows, with a smaller tile overlap (fewer tiles); the
-last column says how many pixels get CSmask's class.
+last column says how many pixels get CSmask's class. The tools take turns ``--repeat`` times
+(default 3) and each row shows its median run and the range: on a shared machine the same run
+varies by 10-20 % from one minute to the next.
 
     python benchmarks/bench_ukis_vs_csmask.py                    # 2048², 4096², 8192²; chunk 1024
     python benchmarks/bench_ukis_vs_csmask.py --size 4096 --chunk 2048 --tile-overlap
@@ -59,28 +61,45 @@ def run_xcloud(size: int, data: str, chunk: int, runtime: str, out: str,
     return meter.as_dict()
 
 
+def _median_runs(calls: list[tuple[str, dict[str, Any]]], repeat: int) -> list[dict[str, Any]]:
+    """Each call's median run by wall time, the calls taking turns ``repeat`` times (so a slow
+    spell of a shared machine hits all tools alike); ``range`` holds the fastest and slowest."""
+    runs: list[list[dict[str, Any]]] = [[] for _ in calls]
+    for _ in range(repeat):
+        for results, (call, kwargs) in zip(runs, calls, strict=True):
+            results.append(_common.run_child(__file__, call, **kwargs))
+    medians = []
+    for results in runs:
+        ordered = sorted(results, key=lambda result: result["seconds"])
+        median = dict(ordered[len(ordered) // 2])
+        median["range"] = f"{ordered[0]['seconds']:.1f}-{ordered[-1]['seconds']:.1f}"
+        medians.append(median)
+    return medians
+
+
 def compare(size: int, chunk: int, data: Path, runtime: str, overlaps: list[int],
-            tmp: Path) -> list[list[Any]]:
+            tmp: Path, repeat: int = 1) -> list[list[Any]]:
     """One size: CSmask, xcloud as CSmask tiles (the model's overlap), xcloud with each of
     ``overlaps``; table rows with the ratios and the share of pixels equal to CSmask's mask."""
     import numpy as np
 
-    runs = [("CSmask", "-", _common.run_child(__file__, "csmask", size=size, data=str(data),
-                                               out=str(tmp / "csmask.npy")))]
-    for overlap in [None, *overlaps]:
-        out = tmp / f"xcloud-{overlap}.npy"
-        result = _common.run_child(__file__, "xcloud", size=size, data=str(data), chunk=chunk,
-                                   runtime=runtime, out=str(out), tile_overlap=overlap)
-        runs.append(("xcloud", "52 (= CSmask)" if overlap is None else overlap, result))
-    reference = np.load(tmp / "csmask.npy")
-    base = runs[0][2]
+    names = ["csmask", *(f"xcloud-{overlap}" for overlap in [None, *overlaps])]
+    calls = [("csmask", {"size": size, "data": str(data), "out": str(tmp / "csmask.npy")})]
+    calls += [("xcloud", {"size": size, "data": str(data), "chunk": chunk, "runtime": runtime,
+                          "out": str(tmp / f"{name}.npy"), "tile_overlap": overlap})
+              for name, overlap in zip(names[1:], [None, *overlaps], strict=True)]
+    results = _median_runs(calls, repeat)
+    reference, base = np.load(tmp / "csmask.npy"), results[0]
     rows = []
-    for (tool, overlap, result), name in zip(
-            runs, ["csmask", *(f"xcloud-{o}" for o in [None, *overlaps])], strict=True):
+    for name, (call, kwargs), result in zip(names, calls, results, strict=True):
         meter = _common.Meter.from_dict(result)
+        overlap = kwargs.get("tile_overlap", "-")
         agree = (np.load(tmp / f"{name}.npy") == reference).mean()
-        rows.append([tool, f"{size}²", chunk if tool == "xcloud" else "-", overlap,
-                     f"{meter.seconds:.1f}", f"{size**2 / 1e6 / meter.seconds:.3f}",
+        rows.append(["CSmask" if call == "csmask" else "xcloud", f"{size}²",
+                     chunk if call == "xcloud" else "-",
+                     "52 (= CSmask)" if call == "xcloud" and overlap is None else overlap,
+                     f"{meter.seconds:.1f}", result["range"],
+                     f"{size**2 / 1e6 / meter.seconds:.3f}",
                      f"{result['peak_mib']:.0f}", f"{base['seconds'] / meter.seconds:.2f}",
                      f"{result['peak_mib'] / base['peak_mib']:.2f}", f"{100 * agree:.2f} %",
                      meter.noise])
@@ -94,20 +113,25 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto", help="auto, torch or onnxruntime")
     parser.add_argument("--tile-overlap", type=int, nargs="*", default=[32],
                         help="extra xcloud rows with these tile overlaps (model px)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per tool, taking turns; the median is shown (--quick: 1)")
     _common.add_common_args(parser)
     if _common.serve_child({"csmask": run_csmask, "xcloud": run_xcloud}):
         return
     args = parser.parse_args()
     data = _common.use_data(args.data)
     sizes, chunk = ([QUICK_SIZE], QUICK_SIZE) if args.quick else (args.size, args.chunk)
+    repeat = 1 if args.quick else args.repeat
     _common.print_header("bench_ukis_vs_csmask: xcloud vs ukis-csmask, same network and pixels",
                          sizes=" ".join(f"{s}²" for s in sizes), xcloud_chunk=chunk,
-                         runtime=args.runtime)
+                         runtime=args.runtime, repeat=repeat)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            rows += compare(size, chunk, data, args.runtime, args.tile_overlap, Path(tmp))
-    _common.print_table(["tool", "image", "chunk", "tile overlap", "s", "Mpx/s", "peak MiB",
+            rows += compare(size, chunk, data, args.runtime, args.tile_overlap, Path(tmp),
+                            repeat)
+    _common.print_table(["tool", "image", "chunk", "tile overlap", "s (median)", "s range",
+                         "Mpx/s", "peak MiB",
                          "throughput ratio", "memory ratio", "= CSmask", _common.NOISE_HEADER],
                         rows)
     print("ratios against CSmask on the same image (targets: throughput >= 1.2, memory <= 0.5); "
