@@ -14,6 +14,7 @@ import argparse
 import datetime
 import importlib
 import json
+import math
 import os
 import platform
 import resource
@@ -291,7 +292,8 @@ def engine_tiles(task: Any, shape: tuple[int, int]) -> tuple[int, int]:
     anchor = -task.tile_overlap if task.tile_anchor is None else task.tile_anchor
     run = unique = 1
     for axis, length in enumerate(shape):
-        lattice = tile_starts(max(1, round(length * task.zoom)), task.tile_size, stride, anchor)
+        scene = max(1, math.ceil(length * task.zoom - 1e-9))  # as the engine counts it
+        lattice = tile_starts(scene, task.tile_size, stride, anchor, scene=scene)
         count = 0
         for index, (origin, block, core) in enumerate(_axis_blocks(task, axis)):
             if task.shared:
@@ -299,7 +301,7 @@ def engine_tiles(task: Any, shape: tuple[int, int]) -> tuple[int, int]:
                 count += sum(low <= start < high for start in lattice)
                 continue
             starts = tile_starts(max(1, round(block * task.zoom)), task.tile_size, stride,
-                                 anchor, round(origin * task.zoom))
+                                 anchor, round(origin * task.zoom), scene=scene)
             region = _model_region((core, core), task.zoom)[0]
             count += len(_touching(starts, task.tile_size, region))
         run *= count
