@@ -17,8 +17,9 @@ same few reads (which then have to reach every worker process).
    against the scene's unique lattice tiles (tiles across chunk borders run in both chunks).
 
 Every configuration first runs once on a small scene (loading models and compiled kernels in
-each worker process, by a task pinned to each), then is timed. Chunks are enlarged to at least
-the halo by the engine: the ``eff. chunk`` column says what ran.
+each worker process, by a task pinned to each), then is timed; part 1's setups take turns
+``--repeat`` times (default 3) and show the median run and the range. Chunks are enlarged to
+at least the halo by the engine: the ``eff. chunk`` column says what ran.
 
     python benchmarks/bench_scaling.py                  # 4096², chunks 512/1024/2048
     python benchmarks/bench_scaling.py --quick          # 1600², chunks 800/1600, halo 0/774
@@ -101,6 +102,7 @@ class Run:
     tiles: tuple[int, int]  # run by the chunks, unique in the scene
     meter: _common.Meter
     store: Path
+    spread: str = ""  # fastest-slowest of the turns, when the configuration ran several
 
     def mpx_per_s(self, size: int) -> float:
         return size * size / self.meter.seconds / 1e6
@@ -158,19 +160,21 @@ def main() -> None:
                         help="files: the scene mirrored into band GeoTIFFs, each chunk reading "
                              "its window (as a real tile); mirror: the small scene mirrored "
                              "lazily (every chunk derives from its few reads)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="turns of part 1's setups; the median is shown (--quick: 1)")
     _common.add_common_args(parser)
     args = parser.parse_args()
     _common.use_data(args.data)
     full = default_halo()
     if args.quick:
-        args.size, args.chunk, args.chunks = 1600, 800, [800, 1600]
+        args.size, args.chunk, args.chunks, args.repeat = 1600, 800, [800, 1600], 1
         grid = [(800, 0), (800, full), (1600, full)]
     else:
         grid = [(chunk, halo) for chunk in args.chunks for halo in (0, full // 2, full)]
     cores = os.cpu_count() or 1
     _common.print_header("bench_scaling: workers, threads vs processes, chunk size and halo",
                          model=MODEL, image=f"{args.size}²", source=args.source,
-                         part1_chunk=args.chunk,
+                         part1_chunk=args.chunk, part1_turns=args.repeat,
                          default_halo=f"{full} px", cores=cores)
     setups = [Setup("LocalCluster 1 process x 1 thread", workers=1),
               Setup("LocalCluster 2 processes x 1 thread", workers=2),
@@ -183,27 +187,41 @@ def main() -> None:
 
 def run_all(args: argparse.Namespace, setups: list[Setup], grid: list[tuple[int, int]],
             full: int, tmp: Path) -> dict[tuple[str, int, int], Run]:
-    """Every configuration, warmed up then timed, keyed by (setup, chunk, halo)."""
-    runs: dict[tuple[str, int, int], Run] = {}
+    """Every configuration, warmed up then timed, keyed by (setup, chunk, halo).
+
+    Part 1's setups take turns ``args.repeat`` times (the median run is kept, with the range):
+    on a shared machine a run's time moves by 10-20 % from one minute to the next. Part 2's
+    grid runs once, in the first turn.
+    """
+    turns: dict[tuple[str, int, int], list[Run]] = {}
     threaded = setups[-1]
     files = tmp if args.source == "files" else None
     if files is not None:
         _common.progress(f"writing the {args.size}² scene's band files")
         scene(args.size, args.chunk, files)
-    for setup in setups:
-        todo = [(args.chunk, full)]
-        if setup is threaded:
-            todo += [config for config in grid if config != (args.chunk, full)]
-        with setup.scheduler():
-            job(WARM_UP, WARM_UP, None, tmp / "warm-up.zarr")  # the client's side too
-            for chunk, halo in todo:
-                store = tmp / f"{len(runs)}.zarr"
-                meter, eff_chunk, tiles = job(args.size, chunk, halo, store, files)
-                runs[setup.label, chunk, halo] = Run(setup.label, chunk, halo, eff_chunk, tiles,
-                                                     meter, store)
-                _common.progress(f"{setup.label}, chunk {chunk}, halo {halo}: "
-                                 f"{meter.seconds:.1f} s ({meter.noise})")
-    return runs
+    for turn in range(args.repeat):
+        for setup in setups:
+            todo = [(args.chunk, full)]
+            if setup is threaded and turn == 0:
+                todo += [config for config in grid if config != (args.chunk, full)]
+            with setup.scheduler():
+                job(WARM_UP, WARM_UP, None, tmp / "warm-up.zarr")  # the client's side too
+                for chunk, halo in todo:
+                    store = tmp / f"{setup.workers}-{setup.threads}-{chunk}-{halo}-{turn}.zarr"
+                    meter, eff_chunk, tiles = job(args.size, chunk, halo, store, files)
+                    turns.setdefault((setup.label, chunk, halo), []).append(
+                        Run(setup.label, chunk, halo, eff_chunk, tiles, meter, store))
+                    _common.progress(f"turn {turn + 1}: {setup.label}, chunk {chunk}, halo "
+                                     f"{halo}: {meter.seconds:.1f} s ({meter.noise})")
+    return {key: _median(runs) for key, runs in turns.items()}
+
+
+def _median(runs: list[Run]) -> Run:
+    ordered = sorted(runs, key=lambda run: run.meter.seconds)
+    median = ordered[len(ordered) // 2]
+    if len(runs) > 1:
+        median.spread = f"{ordered[0].meter.seconds:.1f}-{ordered[-1].meter.seconds:.1f}"
+    return median
 
 
 def report(args: argparse.Namespace, runs: dict[tuple[str, int, int], Run],
@@ -213,10 +231,10 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int, int], Run],
     part1 = [runs[setup.label, args.chunk, full] for setup in setups]
     base = part1[0]
     reference = part1[-1].store
-    rows = [[run.setup, run.eff_chunk, f"{run.meter.seconds:.1f}", f"{run.mpx_per_s(size):.2f}",
-             f"{base.meter.seconds / run.meter.seconds:.2f}x", agreement(run.store, reference),
-             run.meter.noise] for run in part1]
-    _common.print_table(["setup", "eff. chunk", "s", "Mpx/s", "vs 1 process",
+    rows = [[run.setup, run.eff_chunk, f"{run.meter.seconds:.1f}", run.spread or "-",
+             f"{run.mpx_per_s(size):.2f}", f"{base.meter.seconds / run.meter.seconds:.2f}x",
+             agreement(run.store, reference), run.meter.noise] for run in part1]
+    _common.print_table(["setup", "eff. chunk", "s (median)", "s range", "Mpx/s", "vs 1 process",
                          "mask vs threaded", _common.NOISE_HEADER], rows,
                         title=f"1. Workers ({size}², chunk {args.chunk}, default halo)")
     one, two, threads_in_worker, threaded = part1
