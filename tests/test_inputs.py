@@ -14,6 +14,27 @@ def test_dataset_bands_are_stacked_in_model_order(scene):
     assert "spatial_ref" in cube.coords
 
 
+def test_dask_bands_are_stacked_by_one_task_per_chunk(scene):
+    lazy = scene.chunk({"y": 64, "x": 96})
+    lazy["B02"].attrs["units"] = "1"
+    cube = band_cube(lazy, ["B11", "B02", "B04"])
+    graph = cube.data.__dask_graph__()
+    assert len(graph.layers[cube.data.name]) == cube.data.npartitions == 6
+    assert graph.dependencies[cube.data.name] == {lazy[n].data.name
+                                                  for n in ("B11", "B02", "B04")}
+    assert cube.dims == ("band", "y", "x") and cube.data.chunks[0] == (3,)
+    assert cube.attrs == scene["B11"].attrs and "spatial_ref" in cube.coords
+    np.testing.assert_array_equal(cube.values, np.stack([scene[n].values
+                                                         for n in ("B11", "B02", "B04")]))
+
+
+def test_bands_with_other_chunks_are_stacked_too(scene):
+    lazy = scene.chunk({"y": 64, "x": 96})
+    lazy["B02"] = lazy["B02"].chunk({"y": 100})
+    cube = band_cube(lazy, ["B11", "B02"])
+    np.testing.assert_array_equal(cube.values, np.stack([scene["B11"], scene["B02"]]))
+
+
 def test_dataarray_with_rioxarray_long_names():
     data = np.zeros((3, 4, 5), np.float32)
     array = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": [1, 2, 3]},

@@ -325,6 +325,7 @@ UNEVEN = ((1, 2), (7, 1, 5, 4), (3, 9, 2, 6))  # (t, y, x) chunks of a (3, 17, 2
 @pytest.mark.parametrize(("method", "kwargs"), [
     ("bilinear", {}), ("sinc", {}), ("sinc", {"lobes": 2}), ("nearest", {}),
     ("bilinear", {"crop": (1, 3)}), ("sinc", {"crop": (5, 2)}), ("nearest", {"crop": (2, 1)}),
+    ("sinc", {"crop": (13, 1)}),  # the last row of chunks adds nothing: it is left out
     ("majority", {}), ("majority", {"nodata": None}), ("mean", {}),
 ])
 @pytest.mark.parametrize("factor", [2, 3])
@@ -348,6 +349,16 @@ def test_dask_equals_whole_array(method, kwargs, factor):
     computed = lazy.compute(scheduler="sync")
     assert computed.shape == whole.shape  # the declared chunks are the real ones
     np.testing.assert_array_equal(computed, whole)
+
+
+@pytest.mark.parametrize("method", ["sinc", "nearest"])
+def test_dask_upsampling_runs_one_task_per_output_chunk(method):
+    source = da.from_array(RNG.random((2, 24, 30), dtype=np.float32), chunks=(1, 8, 10))
+    lazy = resample_dask(source, 2, method=method, out_shape=(45, 60))
+    graph = lazy.__dask_graph__()
+    assert set(graph.layers) == {source.name, lazy.name}  # no halo or crop layers
+    assert len(graph.layers[lazy.name]) == lazy.npartitions == 2 * 3 * 3
+    assert lazy.chunks[-2:] == ((16, 16, 13), (20, 20, 20))
 
 
 def test_dask_on_arrays_smaller_than_the_halo():

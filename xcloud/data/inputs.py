@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Hashable, Sequence
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -66,14 +67,41 @@ def _check_one_grid(data: xr.Dataset, names: Sequence[str]) -> None:
         )
 
 
+def _stack_blocks(*blocks: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
+    return np.stack(blocks, axis=-3).astype(out_dtype, copy=False)
+
+
+def _stacked(variables: list[xr.DataArray], ydim: Hashable, xdim: Hashable) -> xr.DataArray:
+    """The variables stacked along a new ``band`` dimension before ``(ydim, xdim)``.
+
+    Dask-backed variables with the same dimensions and chunks are stacked by one task per
+    chunk (fused with the tasks that make the bands), where ``xr.concat`` adds two tasks per
+    band and chunk and a rechunk to put the bands in one chunk.
+    """
+    first = variables[0]
+    same = all(v.dims == first.dims and isinstance(v.data, da.Array)
+               and v.data.chunks == first.data.chunks for v in variables)
+    if not same or first.dims[-2:] != (ydim, xdim):
+        return xr.concat(variables, dim="band", coords="minimal", compat="override",
+                         join="exact")
+    dtype = np.result_type(*(v.dtype for v in variables))
+    index = tuple(f"d{axis}" for axis in range(first.ndim))
+    out = (*index[:-2], "band", *index[-2:])
+    data = da.blockwise(_stack_blocks, out,
+                        *(item for v in variables for item in (v.data, index)),
+                        new_axes={"band": len(variables)}, dtype=dtype,
+                        meta=np.empty((0,) * (first.ndim + 1), dtype), out_dtype=dtype)
+    return xr.DataArray(data, dims=(*first.dims[:-2], "band", ydim, xdim), coords=first.coords,
+                        attrs=first.attrs)
+
+
 def band_cube(data: xr.Dataset | xr.DataArray, bands: Sequence[str]) -> xr.DataArray:
     """Select ``bands`` (canonical names) from ``data``, in that order, as (..., band, y, x)."""
     if isinstance(data, xr.Dataset):
         names = match_bands(data.data_vars, bands)
         _check_one_grid(data, names)
         ydim, xdim = spatial_dims(data[names[0]])
-        cube = xr.concat([data[n] for n in names], dim="band", coords="minimal",
-                         compat="override", join="exact")
+        cube = _stacked([data[n] for n in names], ydim, xdim)
     elif isinstance(data, xr.DataArray):
         if "band" not in data.dims:
             raise BandError(

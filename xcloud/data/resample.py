@@ -530,28 +530,73 @@ def _multiple_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:
     return tuple(np.diff(bounds).tolist())
 
 
-def _upsample_block(block: np.ndarray, function: Callable[..., np.ndarray], factor: int,
-                    crop: int) -> np.ndarray:
-    out = function(block, factor)
-    return out[..., crop:out.shape[-2] - crop, crop:out.shape[-1] - crop]
+_Neighbourhood = list[list["np.ndarray | None"]]
 
 
-def _upsample_dask(array: dask.array.Array, plan: _Plan) -> dask.array.Array:
+def _haloed(blocks: _Neighbourhood, halo: int) -> np.ndarray:
+    """The middle of a 3 x 3 grid of neighbouring blocks with ``halo`` pixels of its
+    neighbours around it; where a neighbour is missing (``None``, the array's edge) the edge
+    pixels are repeated."""
+    edges = (slice(-halo, None), slice(None), slice(None, halo))
+    rows = [np.concatenate([block[..., edges[r], edges[c]]
+                            for c, block in enumerate(blocks[r]) if block is not None], axis=-1)
+            for r in range(3) if blocks[r][1] is not None]
+    image = np.concatenate(rows, axis=-2)
+    pads = [(0, 0)] * (image.ndim - 2) + [
+        (halo * (blocks[0][1] is None), halo * (blocks[2][1] is None)),
+        (halo * (blocks[1][0] is None), halo * (blocks[1][2] is None)),
+    ]
+    return np.pad(image, pads, mode="edge") if any(any(pad) for pad in pads) else image
+
+
+def _upsample_block(blocks: _Neighbourhood, function: Callable[..., np.ndarray], factor: int,
+                    halo: int, shape: tuple[int, int]) -> np.ndarray:
+    """The upsampled middle block of ``blocks``, cropped to ``shape``."""
+    image = _haloed(blocks, halo) if halo else blocks[1][1]
+    assert image is not None
+    crop = halo * factor
+    return function(image, factor)[..., crop:crop + shape[0], crop:crop + shape[1]]
+
+
+def _upsampled_chunks(chunks: tuple[int, ...], factor: int, size: int) -> tuple[int, ...]:
+    """Output chunks of upsampled ``chunks``, cut at ``size`` (empty trailing chunks dropped)."""
+    stops = np.minimum(np.cumsum(chunks) * factor, size)
+    sizes = np.diff(stops, prepend=0)
+    return tuple(int(n) for n in sizes[sizes > 0]) or (0,)
+
+
+def _upsample_dask(array: dask.array.Array, plan: _Plan,
+                   out_shape: tuple[int, int]) -> dask.array.Array:
+    """One task per output chunk, each given its block and (for a halo) its 8 neighbours whole:
+    no tasks to cut and stitch halo strips (``da.overlap`` makes about ten per chunk)."""
     import dask.array as da
+    from dask.array.overlap import ensure_minimum_chunksize
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
 
-    axes = (array.ndim - 2, array.ndim - 1)
     halo = plan.halo
     if halo and min(array.shape[-2:]) < halo:  # too small to share a halo: one chunk
-        array, halo = array.rechunk({axis: -1 for axis in axes}), 0
-    if halo:
-        array = da.overlap.overlap(array, depth={axis: halo for axis in axes},
-                                   boundary={axis: "nearest" for axis in axes})
-    chunks = array.chunks[:-2] + tuple(
-        tuple((c - 2 * halo) * plan.factor for c in array.chunks[axis]) for axis in axes
-    )
-    return array.map_blocks(_upsample_block, plan.function, plan.factor, halo * plan.factor,
-                            chunks=chunks, dtype=plan.dtype,
-                            meta=np.empty((0,) * array.ndim, plan.dtype))
+        array = array.rechunk({array.ndim - 2: -1, array.ndim - 1: -1})
+    elif halo:
+        array = array.rechunk({axis: ensure_minimum_chunksize(halo, array.chunks[axis])
+                               for axis in (array.ndim - 2, array.ndim - 1)})
+    halo = halo if array.numblocks[-2:] != (1, 1) else 0
+    out_chunks = [_upsampled_chunks(array.chunks[axis], plan.factor, out_shape[axis])
+                  for axis in (-2, -1)]
+    name = f"upsample-{tokenize(array, plan, out_shape)}"
+    graph = {}
+    for index in np.ndindex(*array.numblocks[:-2], *(len(c) for c in out_chunks)):
+        *lead, row, column = index
+        blocks = [[(array.name, *lead, row + dr, column + dc)
+                   if 0 <= row + dr < array.numblocks[-2]
+                   and 0 <= column + dc < array.numblocks[-1] else None
+                   for dc in (-1, 0, 1)] for dr in (-1, 0, 1)]
+        shape = (out_chunks[0][row], out_chunks[1][column])
+        graph[(name, *index)] = (_upsample_block, blocks, plan.function, plan.factor, halo,
+                                 shape)
+    layers = HighLevelGraph.from_collections(name, graph, dependencies=[array])
+    return da.Array(layers, name, chunks=(*array.chunks[:-2], *out_chunks), dtype=plan.dtype,
+                    meta=np.empty((0,) * array.ndim, plan.dtype))
 
 
 def _downsample_dask(array: dask.array.Array, plan: _Plan) -> dask.array.Array:
@@ -600,8 +645,7 @@ def resample_dask(array: dask.array.Array, factor: int, *, method: str,
     plan = _plan(array, factor, method, out_shape, nodata, lobes)
     if not plan.upsample:
         return _downsample_dask(array, plan)
-    height, width = _up_shape(array.shape, plan.factor, out_shape)
-    return _upsample_dask(array, plan)[..., :height, :width]
+    return _upsample_dask(array, plan, _up_shape(array.shape, plan.factor, out_shape))
 
 
 def _resample_numpy(array: np.ndarray, factor: int, method: str,
