@@ -9,7 +9,11 @@ same few reads (which then have to reach every worker process).
 
 1. **Workers.** ``xcloud.local_cluster`` with 1 and 2 worker processes of one thread each
    (target: >= 1.8x on 2 cores), one worker process with 2 threads, and the Dask threaded
-   scheduler (no ``distributed``), all at one chunk size and the default halo.
+   scheduler (no ``distributed``), at each ``--chunk`` size (default 1024 and 2048) and the
+   default halo. The ``tasks`` column counts the tasks of the mask's optimised graph (the Zarr
+   writes add one per chunk), and a last line measures what
+   ``distributed`` spends per task on this machine: in the 2-process run that overhead shares
+   the two cores with the model, in the 1-process run it has the second core to itself.
 2. **Chunk size and halo** (threaded scheduler): throughput for each chunk size and halo
    (0, half the default, the default). The halo is the price of seam-freedom: the table gives
    its cost against halo 0 and how many pixels differ from the default halo's mask (which
@@ -21,7 +25,8 @@ each worker process, by a task pinned to each), then is timed; part 1's setups t
 ``--repeat`` times (default 3) and show the median run and the range. Chunks are enlarged to
 at least the halo by the engine: the ``eff. chunk`` column says what ran.
 
-    python benchmarks/bench_scaling.py                  # 4096², chunks 512/1024/2048
+    python benchmarks/bench_scaling.py                  # 4096², part 1 at chunks 1024/2048
+    python benchmarks/bench_scaling.py --size 8192 --chunks 2048
     python benchmarks/bench_scaling.py --quick          # 1600², chunks 800/1600, halo 0/774
 """
 
@@ -100,6 +105,7 @@ class Run:
     halo: int
     eff_chunk: int
     tiles: tuple[int, int]  # run by the chunks, unique in the scene
+    tasks: int  # in the job's optimised graph
     meter: _common.Meter
     store: Path
     spread: str = ""  # fastest-slowest of the turns, when the configuration ran several
@@ -120,8 +126,11 @@ def scene(size: int, chunk: int, files: Path | None) -> Any:
 
 
 def job(size: int, chunk: int, halo: int | None, store: Path,
-        files: Path | None = None) -> tuple[_common.Meter, int, tuple[int, int]]:
-    """Time predict + to_zarr once: the meter, the effective chunk, tiles run and unique."""
+        files: Path | None = None) -> tuple[_common.Meter, int, tuple[int, int], int]:
+    """Time predict + to_zarr once: the meter, the effective chunk, tiles run and unique, and
+    the tasks of the optimised graph."""
+    import dask
+
     import xcloud
 
     data = scene(size, chunk, files)
@@ -129,7 +138,8 @@ def job(size: int, chunk: int, halo: int | None, store: Path,
         mask, task = _common.predict_capturing(data, model=MODEL, halo=halo)
         xcloud.to_zarr(mask, store, overwrite=True)
     tiles, unique = _common.engine_tiles(task, (size, size))
-    return meter, int(mask.data.chunksize[-1]), (tiles, unique)
+    (optimised,) = dask.optimize(mask.data)
+    return meter, int(mask.data.chunksize[-1]), (tiles, unique), len(optimised.dask)
 
 
 def default_halo() -> int:
@@ -153,7 +163,8 @@ def agreement(store: Path, reference: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--chunk", type=int, default=1024, help="chunk size of part 1")
+    parser.add_argument("--chunk", type=int, nargs="+", default=[1024, 2048],
+                        help="chunk sizes of part 1")
     parser.add_argument("--chunks", type=int, nargs="+", default=[512, 1024, 2048],
                         help="chunk sizes of part 2")
     parser.add_argument("--source", choices=("files", "mirror"), default="files",
@@ -167,14 +178,14 @@ def main() -> None:
     _common.use_data(args.data)
     full = default_halo()
     if args.quick:
-        args.size, args.chunk, args.chunks, args.repeat = 1600, 800, [800, 1600], 1
+        args.size, args.chunk, args.chunks, args.repeat = 1600, [800], [800, 1600], 1
         grid = [(800, 0), (800, full), (1600, full)]
     else:
         grid = [(chunk, halo) for chunk in args.chunks for halo in (0, full // 2, full)]
     cores = os.cpu_count() or 1
     _common.print_header("bench_scaling: workers, threads vs processes, chunk size and halo",
                          model=MODEL, image=f"{args.size}²", source=args.source,
-                         part1_chunk=args.chunk, part1_turns=args.repeat,
+                         part1_chunks=args.chunk, part1_turns=args.repeat,
                          default_halo=f"{full} px", cores=cores)
     setups = [Setup("LocalCluster 1 process x 1 thread", workers=1),
               Setup("LocalCluster 2 processes x 1 thread", workers=2),
@@ -198,19 +209,19 @@ def run_all(args: argparse.Namespace, setups: list[Setup], grid: list[tuple[int,
     files = tmp if args.source == "files" else None
     if files is not None:
         _common.progress(f"writing the {args.size}² scene's band files")
-        scene(args.size, args.chunk, files)
+        scene(args.size, args.chunk[0], files)
     for turn in range(args.repeat):
         for setup in setups:
-            todo = [(args.chunk, full)]
+            todo = [(chunk, full) for chunk in args.chunk]
             if setup is threaded and turn == 0:
-                todo += [config for config in grid if config != (args.chunk, full)]
+                todo += [config for config in grid if config not in todo]
             with setup.scheduler():
                 job(WARM_UP, WARM_UP, None, tmp / "warm-up.zarr")  # the client's side too
                 for chunk, halo in todo:
                     store = tmp / f"{setup.workers}-{setup.threads}-{chunk}-{halo}-{turn}.zarr"
-                    meter, eff_chunk, tiles = job(args.size, chunk, halo, store, files)
+                    meter, eff_chunk, tiles, tasks = job(args.size, chunk, halo, store, files)
                     turns.setdefault((setup.label, chunk, halo), []).append(
-                        Run(setup.label, chunk, halo, eff_chunk, tiles, meter, store))
+                        Run(setup.label, chunk, halo, eff_chunk, tiles, tasks, meter, store))
                     _common.progress(f"turn {turn + 1}: {setup.label}, chunk {chunk}, halo "
                                      f"{halo}: {meter.seconds:.1f} s ({meter.noise})")
     return {key: _median(runs) for key, runs in turns.items()}
@@ -224,27 +235,76 @@ def _median(runs: list[Run]) -> Run:
     return median
 
 
+def report_workers(size: int, chunk: int, part1: list[Run]) -> None:
+    """Part 1's table at one chunk size, and its speed-ups."""
+    base = part1[0]
+    reference = part1[-1].store
+    rows = [[run.setup, run.eff_chunk, run.tasks, f"{run.meter.seconds:.1f}", run.spread or "-",
+             f"{run.mpx_per_s(size):.2f}", f"{base.meter.seconds / run.meter.seconds:.2f}x",
+             agreement(run.store, reference), run.meter.noise] for run in part1]
+    _common.print_table(["setup", "eff. chunk", "tasks", "s (median)", "s range", "Mpx/s",
+                         "vs 1 process", "mask vs threaded", _common.NOISE_HEADER], rows,
+                        title=f"1. Workers ({size}², chunk {chunk}, default halo)")
+    one, two, threads_in_worker, threaded = part1
+    speedup = one.meter.seconds / two.meter.seconds
+    verdict = "meets" if speedup >= TARGET_SPEEDUP else "misses"
+    print(f"chunk {chunk}: 2 vs 1 worker processes: {speedup:.2f}x ({verdict} the >= "
+          f"{TARGET_SPEEDUP}x target); 2 processes x 1 thread are "
+          f"{threaded.meter.seconds / two.meter.seconds:.2f}x the threaded scheduler, "
+          f"{threads_in_worker.meter.seconds / two.meter.seconds:.2f}x one process with threads")
+
+
+@dataclass(frozen=True)
+class TaskOverhead:
+    """What ``distributed`` spends per task, apart from the task's own work."""
+
+    tasks: int
+    scheduler_ms: float  # CPU of the process that runs the scheduler (and the client)
+    worker_ms: float  # CPU of the worker process
+    latency_ms: float  # wall time per task of a chain, where each task waits for the last
+
+
+def _no_op(*_: Any) -> int:
+    return 0
+
+
+def task_overhead(tasks: int = 1000) -> TaskOverhead:
+    """Measure :class:`TaskOverhead` on a 1-worker ``LocalCluster``: a chain of no-op tasks,
+    each also needing two earlier ones (as chunk tasks need their neighbours')."""
+    import time
+
+    import psutil
+    from distributed import Client
+
+    import xcloud
+
+    graph: dict[Any, Any] = {("no-op", 0): (_no_op,)}
+    for i in range(1, tasks):
+        graph[("no-op", i)] = (_no_op, *[("no-op", j) for j in (i - 1, i - 7, i - 30) if j >= 0])
+    with xcloud.local_cluster(n_workers=1) as cluster, Client(cluster) as client:
+        client.get(graph, [("no-op", 9)])  # connections and imports
+        processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        before = [sum(p.cpu_times()[:2]) for p in processes]
+        start = time.perf_counter()
+        client.get(graph, [("no-op", tasks - 1)])
+        seconds = time.perf_counter() - start
+        used = [sum(p.cpu_times()[:2]) - b for p, b in zip(processes, before, strict=True)]
+    return TaskOverhead(tasks, 1e3 * used[0] / tasks, 1e3 * sum(used[1:]) / tasks,
+                        1e3 * seconds / tasks)
+
+
 def report(args: argparse.Namespace, runs: dict[tuple[str, int, int], Run],
            setups: list[Setup], grid: list[tuple[int, int]], full: int) -> None:
     """The two tables and the speed-ups."""
     size = args.size
-    part1 = [runs[setup.label, args.chunk, full] for setup in setups]
-    base = part1[0]
-    reference = part1[-1].store
-    rows = [[run.setup, run.eff_chunk, f"{run.meter.seconds:.1f}", run.spread or "-",
-             f"{run.mpx_per_s(size):.2f}", f"{base.meter.seconds / run.meter.seconds:.2f}x",
-             agreement(run.store, reference), run.meter.noise] for run in part1]
-    _common.print_table(["setup", "eff. chunk", "s (median)", "s range", "Mpx/s", "vs 1 process",
-                         "mask vs threaded", _common.NOISE_HEADER], rows,
-                        title=f"1. Workers ({size}², chunk {args.chunk}, default halo)")
-    one, two, threads_in_worker, threaded = part1
-    speedup = one.meter.seconds / two.meter.seconds
-    verdict = "meets" if speedup >= TARGET_SPEEDUP else "misses"
-    print(f"2 vs 1 worker processes: {speedup:.2f}x ({verdict} the >= {TARGET_SPEEDUP}x target)")
-    print(f"processes vs threads: 2 processes x 1 thread are "
-          f"{threaded.meter.seconds / two.meter.seconds:.2f}x the threaded scheduler, "
-          f"{threads_in_worker.meter.seconds / two.meter.seconds:.2f}x one process with "
-          f"threads")
+    for chunk in args.chunk:
+        report_workers(size, chunk, [runs[setup.label, chunk, full] for setup in setups])
+    overhead = task_overhead()
+    print(f"distributed's cost per task on this machine (a {overhead.tasks}-task chain of no-op "
+          f"tasks, 1 worker): {overhead.scheduler_ms:.2f} ms CPU in the scheduler's process + "
+          f"{overhead.worker_ms:.2f} ms in the worker, {overhead.latency_ms:.1f} ms from one "
+          "task's end to the next's start. One worker leaves the scheduler a core of its own; "
+          "two workers on two cores pay it on the cores that run the model.")
 
     threaded_label = setups[-1].label
     rows = []
