@@ -12,10 +12,12 @@ move tensors and the string, and check that tensors fit a network.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +25,8 @@ from torch import nn
 from .._optional import import_optional
 from ..errors import MissingWeightsError, WeightsError
 
-__all__ = ["SUFFIXES", "check_suffix", "load_state", "read_checkpoint", "write_checkpoint"]
+__all__ = ["SUFFIXES", "check_suffix", "dump_metadata", "load_state", "parse_metadata",
+           "read_checkpoint", "write_checkpoint"]
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 """File endings of checkpoints: safetensors, or a weights-only torch file."""
@@ -36,6 +39,26 @@ def check_suffix(path: str | os.PathLike[str]) -> str:
         raise WeightsError(f"checkpoint {path} must end in {', '.join(SUFFIXES)} "
                            "(safetensors or a weights-only torch file)")
     return suffix
+
+
+def dump_metadata(data: Mapping[str, Any], *, format_name: str, version: int) -> str:
+    """``data`` as a metadata string marked with its format; :class:`WeightsError` if ``data``
+    is not JSON serialisable."""
+    try:
+        return json.dumps({"format": format_name, "format_version": version, **data})
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"checkpoint metadata must be JSON serialisable: {error}; "
+                           "pass plain numbers, strings, lists and dicts in extra") from None
+
+
+def parse_metadata(text: str, *, format_name: str) -> dict[str, Any]:
+    """The data of a :func:`dump_metadata` string (without the format marks); ``ValueError``
+    if it is not JSON marked ``format_name``."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.pop("format", None) != format_name:
+        raise ValueError(f"it is not marked format={format_name!r}")
+    data.pop("format_version", None)
+    return data
 
 
 def write_checkpoint(path: str | os.PathLike[str], network: nn.Module, *, key: str,

@@ -32,7 +32,6 @@ and its min-max normalisation. Inference follows the paper: 512 px tiles, 32 px 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,7 +47,13 @@ from .._optional import import_optional
 from .._version import __version__
 from ..data.bands import canonical_band_name
 from ..errors import MissingWeightsError, WeightsError
-from ._checkpoint import check_suffix, load_state, read_checkpoint
+from ._checkpoint import (
+    check_suffix,
+    dump_metadata,
+    load_state,
+    parse_metadata,
+    read_checkpoint,
+)
 from .classes import KAPPAMASK_SCHEME
 from .protocol import BaseCloudModel, ModelInfo, Normalization
 from .registry import ModelEntry, register
@@ -301,21 +306,13 @@ class CheckpointMeta:
 
     def to_json(self) -> str:
         """The metadata as stored in the checkpoint."""
-        data = {"format": _FORMAT, "format_version": _FORMAT_VERSION, **asdict(self)}
-        try:
-            return json.dumps(data)
-        except (TypeError, ValueError) as error:
-            raise WeightsError(f"checkpoint metadata must be JSON serialisable: {error}; "
-                               "pass plain numbers, strings, lists and dicts in extra") from None
+        return dump_metadata(asdict(self), format_name=_FORMAT, version=_FORMAT_VERSION)
 
     @classmethod
     def from_json(cls, text: str, *, source: object = "checkpoint") -> CheckpointMeta:
         """Parse and check :meth:`to_json`'s output; :class:`WeightsError` if it does not fit."""
         try:
-            data = json.loads(text)
-            if data.pop("format", None) != _FORMAT:
-                raise ValueError(f"it is not marked format={_FORMAT!r}")
-            data.pop("format_version", None)
+            data = parse_metadata(text, format_name=_FORMAT)
             meta = cls(config=KappaMaskConfig.from_dict(data.pop("config")),
                        bands=tuple(data.pop("bands")), minimum=tuple(data.pop("minimum")),
                        maximum=tuple(data.pop("maximum")), **data)

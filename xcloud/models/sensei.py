@@ -111,7 +111,6 @@ statistics; 256 is a multiple of 32, as both heads like), at 10 m.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -127,7 +126,13 @@ from torch import nn
 from .._version import __version__
 from ..data.bands import SENTINEL2_BANDS, Band, canonical_band_name
 from ..errors import BandError, MissingWeightsError, WeightsError
-from ._checkpoint import load_state, read_checkpoint, write_checkpoint
+from ._checkpoint import (
+    dump_metadata,
+    load_state,
+    parse_metadata,
+    read_checkpoint,
+    write_checkpoint,
+)
 from .classes import SENSEI_V2_SCHEME
 from .protocol import BaseCloudModel, ModelInfo, Normalization
 from .registry import ModelEntry, register
@@ -715,22 +720,14 @@ class CheckpointMeta:
 
     def to_json(self) -> str:
         """The metadata as stored in the checkpoint."""
-        data = {"format": _FORMAT, "format_version": _FORMAT_VERSION, **asdict(self),
-                "encoder": self.encoder.to_dict()}
-        try:
-            return json.dumps(data)
-        except (TypeError, ValueError) as error:
-            raise WeightsError(f"checkpoint metadata must be JSON serialisable: {error}; "
-                               "pass plain numbers, strings, lists and dicts in extra") from None
+        return dump_metadata({**asdict(self), "encoder": self.encoder.to_dict()},
+                             format_name=_FORMAT, version=_FORMAT_VERSION)
 
     @classmethod
     def from_json(cls, text: str, *, source: object = "checkpoint") -> CheckpointMeta:
         """Parse :meth:`to_json`'s output; :class:`WeightsError` if it does not fit."""
         try:
-            data = json.loads(text)
-            if data.pop("format", None) != _FORMAT:
-                raise ValueError(f"it is not marked format={_FORMAT!r}")
-            data.pop("format_version", None)
+            data = parse_metadata(text, format_name=_FORMAT)
             meta = cls(encoder=SEnSeIv2Config.from_dict(data.pop("encoder")),
                        bands=tuple(data.pop("bands", ())), **data)
         except (TypeError, ValueError, KeyError, AttributeError) as error:
