@@ -200,3 +200,21 @@ def test_each_pixel_is_normalised_once(monkeypatch, factor):
     _run(_scene(height, width), f"context-once-{factor}", 130)
     depth = (TILE + 2) * factor  # the default halo pads each edge
     assert sum(seen) == (height + 2 * depth) * (width + 2 * depth)
+
+
+def test_chunks_inside_the_scene_are_prepared_from_the_input_itself():
+    """Only the chunks at the scene's edges go through the padding layers: inside, ``prepare``
+    reads the input's chunk, with no pass-through task per chunk."""
+    from collections import Counter
+
+    from dask.core import get_dependencies
+
+    _register("context-direct", 10.0)
+    mask = predict(_scene(300, 300).chunk({"y": 75, "x": 75}), model="context-direct",
+                   resolution=10)
+    graph = dict(mask.data.__dask_graph__())
+    sources = Counter(
+        dependency[0] for key in graph
+        if isinstance(key, tuple) and key[0].startswith("xcloud-prepare-")
+        for dependency in get_dependencies(graph, key))
+    assert sorted(sources.values()) == [4 * 4, 6 * 6 - 4 * 4]  # 4 x 4 chunks, padded 6 x 6

@@ -298,8 +298,11 @@ def map_tile_once(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
     graph: dict = {}
     for t in range(array.numblocks[0]):
         for p, q in itertools.product(*(range(len(axis)) for axis in spans)):
+            inner = 0 <= p - first[0] < rows and 0 <= q - first[1] < columns
+            block = ((array.name, t, 0, p - first[0], q - first[1]) if inner  # not padded
+                     else (padded.name, t, 0, p, q))
             graph[(names["prepare"], t, p, q)] = (
-                prepare, (padded.name, t, 0, p, q), task, (spans[0][p][0], spans[1][q][0]))
+                prepare, block, task, (spans[0][p][0], spans[1][q][0]))
         for i, j in itertools.product(range(rows), range(columns)):
             window = (_tiles_window(task, 0, i), _tiles_window(task, 1, j))
             parts = []
@@ -319,7 +322,7 @@ def map_tile_once(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
             graph[nodata] = (operator.getitem,
                              (names["prepare"], t, i + first[0], j + first[1]), 1)
             graph[(out_name, t, 0, i, j)] = (combine, task, i, j, nodata, pieces)
-    layers = HighLevelGraph.from_collections(out_name, graph, dependencies=[padded])
+    layers = HighLevelGraph.from_collections(out_name, graph, dependencies=[padded, array])
     dtype = np.float32 if task.output == "proba" else np.uint8
     chunks = (array.chunks[0], (task.n_out,), *array.chunks[-2:])
     return da.Array(layers, out_name, chunks=chunks, dtype=dtype,
