@@ -305,7 +305,7 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     padded = padded_scene(task, row, col, info.bands)
     timer, total, out = run_chunk(task, padded, row, col)
     chunk_px = out.shape[-2] * out.shape[-1]
-    write_s = measure_write(out[0, 0], args.size, args.chunk,
+    write_s = measure_write(out[0], args.size, args.chunk,
                             (slice(task.chunk_starts[0][row], task.chunk_stops[0][row]),
                              slice(task.chunk_starts[1][col], task.chunk_stops[1][col])),
                             tmp, repeats)

@@ -218,3 +218,18 @@ def test_chunks_inside_the_scene_are_prepared_from_the_input_itself():
         if isinstance(key, tuple) and key[0].startswith("xcloud-prepare-")
         for dependency in get_dependencies(graph, key))
     assert sorted(sources.values()) == [4 * 4, 6 * 6 - 4 * 4]  # 4 x 4 chunks, padded 6 x 6
+
+
+@pytest.mark.parametrize("output", ["class", "proba"])
+def test_the_engine_makes_the_output_blocks_themselves(output):
+    """No slicing task per chunk after the engine's: its tasks make (time, y, x) class blocks
+    and (time, class, y, x) probability blocks."""
+    _register("context-blocks", 10.0)
+    scene = _scene(150, 150).expand_dims(time=[np.datetime64("2024-06-01")])
+    result = predict(scene.chunk({"y": 75, "x": 75}), model="context-blocks", resolution=10,
+                     output=output)
+    assert result.data.name.startswith("xcloud-context-blocks-")
+    assert result.dims == (("time", "y", "x") if output == "class"
+                           else ("time", "class", "y", "x"))
+    with dask.config.set(scheduler="threads"):
+        assert result.compute().shape == result.shape

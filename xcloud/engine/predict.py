@@ -61,6 +61,7 @@ def _with_halo(chunks: tuple[int, ...], depth: int, boundary: str) -> tuple[int,
 
 
 def _map_chunks(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
+    """The lazy output: (time, class, y, x) probabilities or (time, y, x) classes."""
     if task.shared:
         return tile_once.map_tile_once(array, task, boundary)
     dtype = np.float32 if task.output == "proba" else np.uint8
@@ -71,7 +72,7 @@ def _map_chunks(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
         _with_halo(ychunks, task.depth[0], boundary),
         _with_halo(xchunks, task.depth[1], boundary),
     )
-    return da.map_overlap(
+    result = da.map_overlap(
         predict_block,
         array,
         depth={0: 0, 1: 0, 2: task.depth[0], 3: task.depth[1]},
@@ -84,6 +85,7 @@ def _map_chunks(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
         task=task,
         token=f"xcloud-{task.spec.name}-{task.output}",
     )
+    return result[:, 0] if task.output == "class" else result
 
 
 def _wrap(result: da.Array, cube: xr.DataArray, info: ModelInfo, output: str,
@@ -97,7 +99,7 @@ def _wrap(result: da.Array, cube: xr.DataArray, info: ModelInfo, output: str,
         array = xr.DataArray(result, dims=dims, coords=coords, name="cloud_probability")
         array.attrs.update(probability_attrs(info))
     else:
-        array = xr.DataArray(result[:, 0], dims=[*leading, ydim, xdim], coords=coords,
+        array = xr.DataArray(result, dims=[*leading, ydim, xdim], coords=coords,
                              name="cloudmask")
         array.attrs.update(mask_attrs(info))
     if "spatial_ref" in cube.coords:

@@ -241,11 +241,11 @@ def tile_sums(task: BlockTask, row: int, column: int,
 
 def combine(task: BlockTask, row: int, column: int, empty: np.ndarray,
             pieces: Sequence[TileSums | None]) -> np.ndarray:
-    """Output block (1, channels, rows, columns) of chunk (row, column) from its no-data mask
+    """Output block of chunk (row, column) (see :func:`_output_block`) from its no-data mask
     and the pieces of its own and earlier chunks' :func:`tile_sums` that reach it."""
     present = [sums for sums in pieces if sums is not None]
     if empty.all() or not present:
-        return _empty_output(empty.shape, task)[None]
+        return _output_block(_empty_output(empty.shape, task), task)
     spans = (_output_window(task, 0, row), _output_window(task, 1, column))
     origin, shape = _window(spans)
     total = np.zeros((present[0].total.shape[0], *shape), np.float64)
@@ -260,7 +260,13 @@ def combine(task: BlockTask, row: int, column: int, empty: np.ndarray,
              task.chunk_stops[axis][index] - start * factor)
             for axis, (index, start) in enumerate(zip((row, column), origin, strict=True)))
         proba = _upsample_core(proba, core, task.zoom, (shape[0] * factor, shape[1] * factor))
-    return _finish(proba, empty, task)[None]
+    return _output_block(_finish(proba, empty, task), task)
+
+
+def _output_block(values: np.ndarray, task: BlockTask) -> np.ndarray:
+    """A time step's block of the output: (1, classes, rows, columns) of probabilities, or
+    (1, rows, columns) of classes."""
+    return values if task.output == "class" else values[None]
 
 
 def _padded_spans(chunks: tuple[int, ...], pad: int) -> list[Span]:
@@ -276,7 +282,8 @@ def _under(spans: list[Span], window: Span, factor: int) -> list[int]:
 
 
 def map_tile_once(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
-    """The lazy output (time, channels, y, x) of ``array`` (time, band, y, x), tiles run once.
+    """The lazy output of ``array`` (time, band, y, x), tiles run once: (time, class, y, x)
+    probabilities or (time, y, x) classes.
 
     Per time step and chunk: ``prepare`` (each chunk of the scene padded at its edges),
     crops of its model-grid sums for the tile windows that need them, ``tile_sums``, crops of
@@ -321,9 +328,11 @@ def map_tile_once(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
             nodata = (names["nodata"], t, i, j)
             graph[nodata] = (operator.getitem,
                              (names["prepare"], t, i + first[0], j + first[1]), 1)
-            graph[(out_name, t, 0, i, j)] = (combine, task, i, j, nodata, pieces)
+            channels = () if task.output == "class" else (0,)
+            graph[(out_name, t, *channels, i, j)] = (combine, task, i, j, nodata, pieces)
     layers = HighLevelGraph.from_collections(out_name, graph, dependencies=[padded, array])
     dtype = np.float32 if task.output == "proba" else np.uint8
-    chunks = (array.chunks[0], (task.n_out,), *array.chunks[-2:])
+    channels = () if task.output == "class" else ((task.n_out,),)
+    chunks = (array.chunks[0], *channels, *array.chunks[-2:])
     return da.Array(layers, out_name, chunks=chunks, dtype=dtype,
-                    meta=np.empty((0, 0, 0, 0), dtype))
+                    meta=np.empty((0,) * len(chunks), dtype))
