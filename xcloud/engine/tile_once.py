@@ -241,8 +241,9 @@ def tile_sums(task: BlockTask, row: int, column: int,
 
 def combine(task: BlockTask, row: int, column: int, empty: np.ndarray,
             pieces: Sequence[TileSums | None]) -> np.ndarray:
-    """Output block of chunk (row, column) (see :func:`_output_block`) from its no-data mask
-    and the pieces of its own and earlier chunks' :func:`tile_sums` that reach it."""
+    """Output block of chunk (row, column): (1, classes, rows, columns) probabilities or
+    (1, rows, columns) classes, from its no-data mask and the pieces of its own and earlier
+    chunks' :func:`tile_sums` that reach it."""
     present = [sums for sums in pieces if sums is not None]
     if empty.all() or not present:
         return _output_block(_empty_output(empty.shape, task), task)
