@@ -67,8 +67,8 @@ def _check_one_grid(data: xr.Dataset, names: Sequence[str]) -> None:
         )
 
 
-def _stack_blocks(*blocks: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
-    return np.stack(blocks, axis=-3).astype(out_dtype, copy=False)
+def _stack_blocks(*blocks: np.ndarray) -> np.ndarray:
+    return np.stack(blocks, axis=-3)  # of dtype np.result_type(*blocks)
 
 
 def _stacked(variables: list[xr.DataArray], ydim: Hashable, xdim: Hashable) -> xr.DataArray:
@@ -90,7 +90,7 @@ def _stacked(variables: list[xr.DataArray], ydim: Hashable, xdim: Hashable) -> x
     data = da.blockwise(_stack_blocks, out,
                         *(item for v in variables for item in (v.data, index)),
                         new_axes={"band": len(variables)}, dtype=dtype,
-                        meta=np.empty((0,) * (first.ndim + 1), dtype), out_dtype=dtype)
+                        meta=np.empty((0,) * (first.ndim + 1), dtype))
     return xr.DataArray(data, dims=(*first.dims[:-2], "band", ydim, xdim), coords=first.coords,
                         attrs=first.attrs)
 

@@ -303,6 +303,8 @@ def map_tile_once(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
     out_name = f"xcloud-{task.spec.name}-{task.output}-{token}"
     factor, _ = _grid(task.zoom)
     rows, columns = (len(chunks) for chunks in array.chunks[-2:])
+    classes = task.output == "class"  # (time, y, x) blocks; probabilities have a class axis
+    class_axis: tuple[tuple[int, ...], ...] = () if classes else ((task.n_out,),)
     graph: dict = {}
     for t in range(array.numblocks[0]):
         for p, q in itertools.product(*(range(len(axis)) for axis in spans)):
@@ -329,11 +331,10 @@ def map_tile_once(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
             nodata = (names["nodata"], t, i, j)
             graph[nodata] = (operator.getitem,
                              (names["prepare"], t, i + first[0], j + first[1]), 1)
-            channels = () if task.output == "class" else (0,)
-            graph[(out_name, t, *channels, i, j)] = (combine, task, i, j, nodata, pieces)
+            graph[(out_name, t, *(0,) * len(class_axis), i, j)] = (
+                combine, task, i, j, nodata, pieces)
     layers = HighLevelGraph.from_collections(out_name, graph, dependencies=[padded, array])
-    dtype = np.float32 if task.output == "proba" else np.uint8
-    channels = () if task.output == "class" else ((task.n_out,),)
-    chunks = (array.chunks[0], *channels, *array.chunks[-2:])
+    dtype = np.uint8 if classes else np.float32
+    chunks = (array.chunks[0], *class_axis, *array.chunks[-2:])
     return da.Array(layers, out_name, chunks=chunks, dtype=dtype,
                     meta=np.empty((0,) * len(chunks), dtype))
