@@ -21,7 +21,10 @@ class CloudClass:
 class ClassScheme:
     """The classes a model predicts plus the value written where there is no data.
 
-    ``classes`` are in the order of the model's probability channels.
+    ``classes`` are in the order of the model's probability channels. ``nodata`` may also be
+    one of them (same value and name): a network with a channel of its own for missing data,
+    as KappaMask's MISSING or SEnSeI-v2's no-data channel, keeps that channel in its
+    probabilities, and pixels it classifies there read as no data.
     """
 
     name: str
@@ -38,9 +41,19 @@ class ClassScheme:
         """Names of the predicted classes, in channel order."""
         return tuple(c.name for c in self.classes)
 
+    def __post_init__(self) -> None:
+        values = [c.value for c in self.classes]
+        if len(set(values)) != len(values):
+            raise ValueError(f"class scheme {self.name!r}: repeated values {values}")
+        same = [c for c in self.classes if c.value == self.nodata.value]
+        if same and same[0].name != self.nodata.name:
+            raise ValueError(f"class scheme {self.name!r}: no-data value {self.nodata.value} "
+                             f"is class {same[0].name!r}, not {self.nodata.name!r}")
+
     def all_classes(self) -> tuple[CloudClass, ...]:
-        """Predicted classes followed by the no-data class, sorted by value."""
-        return tuple(sorted((*self.classes, self.nodata), key=lambda c: c.value))
+        """Every class once, the no-data class included, sorted by value."""
+        by_value = {c.value: c for c in (self.nodata, *self.classes)}
+        return tuple(sorted(by_value.values(), key=lambda c: c.value))
 
     def cf_attrs(self) -> dict[str, object]:
         """CF-1.10 flag attributes (``flag_values``, ``flag_meanings``) plus colours."""
