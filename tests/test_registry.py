@@ -87,3 +87,42 @@ def test_first_lookups_from_many_threads_all_find_the_builtin_models():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+class _FirstBandCloud(xcloud.models.BaseCloudModel):
+    """Cloud where the first given band is bright: which band comes first is the test."""
+
+    def __init__(self, info: xcloud.models.ModelInfo) -> None:
+        self.info = info
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        cloud = (batch[:, :1] > 0.3).astype(np.float32)
+        return np.concatenate([1 - cloud, cloud], axis=1)
+
+
+def _any_bands_entry(name: str) -> registry.ModelEntry:
+    from dataclasses import replace
+
+    from xcloud.models.classes import S2CLOUDLESS_SCHEME
+    info = xcloud.models.ModelInfo(name, "1", ("B02",), 10.0, S2CLOUDLESS_SCHEME,
+                                   tile_size=None, halo=0)
+
+    def load(*, weights=None, device="cpu", runtime="auto", bands=None):
+        return _FirstBandCloud(replace(info, bands=tuple(bands or info.bands)))
+
+    return registry.ModelEntry(info, load)
+
+
+def test_bands_reach_models_that_take_any_set_and_are_refused_by_fixed_ones(scene):
+    entry = registry.register(_any_bands_entry("test-any-bands"))
+    assert xcloud.models.load(entry.name, bands=["B04", "B02"]).info.bands == ("B04", "B02")
+    with pytest.raises(TypeError, match="fixed set of bands"):
+        xcloud.models.load("ukis-6b-l1c", bands=["B02"])
+    dark_red = scene.copy()
+    dark_red["B04"] = scene["B04"] * 0.0
+    dark_red["B02"] = scene["B02"] * 0.0 + 0.9
+    by_default = dark_red.cloudmask.predict(model=entry.name)
+    red_first = dark_red.cloudmask.predict(model=entry.name, bands=["B04", "B02"])
+    assert (by_default.values == 1).all() and (red_first.values == 0).all()
+    with pytest.raises(TypeError, match="fixed set of bands"):
+        scene.cloudmask.predict(model="ukis-6b-l1c", bands=["B02"])

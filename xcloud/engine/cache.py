@@ -25,18 +25,20 @@ class ModelSpec:
     device: str = "cpu"
     runtime: str = "auto"
     weights_version: tuple[int, int] | None = None
+    bands: tuple[str, ...] | None = None
 
     @classmethod
     def create(cls, name: str, *, weights: str | Path | None, device: str,
-               runtime: str) -> ModelSpec:
+               runtime: str, bands: tuple[str, ...] | None = None) -> ModelSpec:
         """Normalise paths so that equal files give equal keys; a rewritten file (new size or
-        modification time) gives a new key, so a retrained checkpoint is loaded again."""
+        modification time) gives a new key, so a retrained checkpoint is loaded again.
+        ``bands`` is for models that take any set of bands (SEnSeI-v2)."""
         if weights is None:
-            return cls(name, None, device, runtime)
+            return cls(name, None, device, runtime, None, bands)
         path = Path(weights).expanduser().resolve()
         stat = path.stat() if path.exists() else None
         version = (stat.st_mtime_ns, stat.st_size) if stat else None
-        return cls(name, str(path), device, runtime, version)
+        return cls(name, str(path), device, runtime, version, bands)
 
 
 _MODELS: dict[ModelSpec, CloudModel] = {}
@@ -54,7 +56,8 @@ def get_model(spec: ModelSpec) -> CloudModel:
             from ..models.registry import get
 
             _MODELS[spec] = get(spec.name).load(
-                weights=spec.weights, device=spec.device, runtime=spec.runtime
+                weights=spec.weights, device=spec.device, runtime=spec.runtime,
+                bands=spec.bands,
             )
             _LOADS[spec] += 1
         return _MODELS[spec]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import dask
@@ -14,7 +17,7 @@ from dask.array.overlap import ensure_minimum_chunksize
 from ..data.inputs import band_cube, pixel_size, spatial_dims, to_reflectance
 from ..data.load import DEFAULT_CHUNK, SOURCE_ITEMS_ATTR
 from ..models.protocol import ModelInfo
-from ..models.registry import get
+from ..models.registry import ModelEntry, get
 from ..outputs.cf import mask_attrs, probability_attrs
 from . import tile_once
 from .blocks import BlockTask, predict_block
@@ -33,6 +36,16 @@ def _halo_pixels(info: ModelInfo, zoom: float, halo: int | None) -> int:
             raise ValueError(f"halo must be >= 0 input pixels, got {halo}")
         return int(halo)
     return math.ceil(info.context / zoom)
+
+
+def _with_bands(entry: ModelEntry, bands: tuple[str, ...]) -> ModelInfo:
+    """The entry's info with ``bands``; ``TypeError`` if its model takes a fixed layout."""
+    if "bands" not in inspect.signature(entry.loader).parameters:
+        raise TypeError(f"model {entry.name!r} takes a fixed set of bands "
+                        f"({', '.join(entry.info.bands)}); do not pass bands=")
+    if not bands or not all(isinstance(b, str) for b in bands):
+        raise ValueError(f"bands= must list band names (e.g. ['B02', 'B03', 'B04']), got {bands!r}")
+    return dataclasses.replace(entry.info, bands=bands)
 
 
 def _as_dask(array: xr.DataArray, chunk: int) -> da.Array:
@@ -126,6 +139,7 @@ def predict(
     scale: float | None = None,
     offset: float | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    bands: Sequence[str] | None = None,
 ) -> xr.DataArray:
     """Cloud mask (uint8 classes) or class probabilities (float32) of Sentinel-2 bands.
 
@@ -162,6 +176,9 @@ def predict(
         Convert integer digital numbers to reflectance: ``dn * scale + offset``.
     chunk_size
         Spatial chunk size used when the input is not already a Dask array.
+    bands
+        For models that take any set of bands (SEnSeI-v2): the bands to give the model, in
+        channel order (default: the model's own list). Models with a fixed layout refuse it.
 
     Returns
     -------
@@ -179,6 +196,9 @@ def predict(
     info = entry.info
     if info.needs_weights_file and weights is None:
         entry.loader(weights=None, device="cpu", runtime=runtime)  # raises, naming the fix
+    chosen = tuple(bands) if bands is not None else None
+    if chosen is not None:
+        info = _with_bands(entry, chosen)
     cube = band_cube(data, info.bands)
     lazy = isinstance(cube.data, da.Array)
     cube = to_reflectance(cube, scale=scale, offset=offset)
@@ -201,7 +221,7 @@ def predict(
     smallest = max(depth, tile_once.min_chunk(tiles, zoom)) if shared else depth
     array = _rechunk(_as_dask(cube, chunk_size), smallest)
     spec = ModelSpec.create(model, weights=weights, device=resolve_device(device),
-                            runtime=runtime)
+                            runtime=runtime, bands=chosen)
     task = BlockTask(
         chunk_starts=tuple(tuple(np.cumsum((0, *c[:-1])).tolist()) for c in array.chunks[-2:]),
         chunk_stops=tuple(tuple(np.cumsum(c).tolist()) for c in array.chunks[-2:]),

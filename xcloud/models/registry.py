@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -24,6 +25,7 @@ from .protocol import CloudModel, ModelInfo
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BandSpec",
     "ModelEntry",
     "get",
     "list_models",
@@ -37,6 +39,9 @@ ENTRY_POINT_GROUP = "xcloud.models"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 Loader = Callable[..., CloudModel]
+BandSpec = str | Mapping[str, object]
+"""A band: its name, or a band descriptor dict (SEnSeI-v2's ``band_type``,
+``min_wavelength``, ``max_wavelength``)."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,18 @@ class ModelEntry:
         return self.info.name
 
     def load(self, *, weights: str | Path | None = None, device: str = "cpu",
-             runtime: str = "auto") -> CloudModel:
-        """Load the model (use :func:`xcloud.engine.get_model` to reuse it within a process)."""
-        return self.loader(weights=weights, device=device, runtime=runtime)
+             runtime: str = "auto", bands: Sequence[BandSpec] | None = None) -> CloudModel:
+        """Load the model (use :func:`xcloud.engine.get_model` to reuse it within a process).
+
+        ``bands`` is for models that take any set of bands (SEnSeI-v2): the bands, in channel
+        order, that the loaded model is given; models with a fixed layout refuse it.
+        """
+        if bands is None:
+            return self.loader(weights=weights, device=device, runtime=runtime)
+        if "bands" not in inspect.signature(self.loader).parameters:
+            raise TypeError(f"model {self.name!r} takes a fixed set of bands "
+                            f"({', '.join(self.info.bands)}); do not pass bands=")
+        return self.loader(weights=weights, device=device, runtime=runtime, bands=bands)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -144,9 +158,22 @@ def get(name: str) -> ModelEntry:
 
 
 def load(name: str, *, weights: str | Path | None = None, device: str = "cpu",
-         runtime: str = "auto") -> CloudModel:
-    """Load the model registered as ``name``."""
-    return get(name).load(weights=weights, device=device, runtime=runtime)
+         runtime: str = "auto", bands: Sequence[BandSpec] | None = None) -> CloudModel:
+    """Load the model registered as ``name``.
+
+    Parameters
+    ----------
+    name
+        Registry name (:func:`list_models`).
+    weights
+        Weights file or folder replacing the model's default.
+    device, runtime
+        Torch device, and ``"torch"``/``"onnxruntime"`` where a model offers both.
+    bands
+        For models that take any set of bands (SEnSeI-v2): band names or the authors' band
+        descriptor dicts, in channel order.
+    """
+    return get(name).load(weights=weights, device=device, runtime=runtime, bands=bands)
 
 
 def sha256(path: str | Path) -> str:
