@@ -46,13 +46,30 @@ def _need(*modules: str) -> None:
         pytest.skip(f"needs {', '.join(missing)}: pip install -e '.[docs]'")
 
 
-def _mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
+# runs mkdocs in a Python that cannot import pydantic (mkdocstrings-python then skips its
+# pydantic validation of the handler options)
+_WITHOUT_PYDANTIC = ("import sys; sys.modules['pydantic'] = None; "
+                     "from mkdocs.__main__ import cli; sys.exit(cli())")
+
+
+def _mkdocs_build(config: Path, site: Path, *,
+                  pydantic: bool = True) -> subprocess.CompletedProcess[str]:
     _need("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python", "material")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    start = ["-m", "mkdocs"] if pydantic else ["-c", _WITHOUT_PYDANTIC]
     return subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        [sys.executable, *start, "build", "--strict", "-f", str(config), "-d", str(site)],
         cwd=config.parent, capture_output=True, text=True, env=env, timeout=600, check=False,
     )
+
+
+def _pydantic_major() -> int:
+    """pydantic's major version in this environment (the docs extra installs it), 0 if absent."""
+    if importlib.util.find_spec("pydantic") is None:
+        return 0
+    from importlib.metadata import version
+
+    return int(version("pydantic").split(".")[0])
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +91,31 @@ def test_docs_build_in_strict_mode(site):
         assert page in pages
     engine = (site / "reference" / "engine.html").read_text()
     assert 'id="xcloud.engine.predict.predict"' in engine  # the API reference is rendered
+
+
+def test_docs_build_with_pydantic_validating_the_options(site, tmp_path):
+    """mkdocstrings-python validates its options with pydantic 2 when it is importable (it
+    arrives with the docs extra, and with moto's server): the site above was built so."""
+    assert _pydantic_major() >= 2, "the docs extra has pydantic>=2.14: pip install -e '.[docs]'"
+    assert (site / "reference" / "architectures.html").is_file()
+    # the griffe extension given with mkdocs' !relative tag is not a string to pydantic: the
+    # build this test guards against fails, so the check above can fail
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "- docs/_griffe/rst_markup.py:" in config
+    broken = tmp_path / "mkdocs.yml"
+    broken.write_text(config.replace("- docs/_griffe/rst_markup.py:",
+                                     "- !relative $config_dir/docs/_griffe/rst_markup.py:"))
+    (tmp_path / "docs").symlink_to(DOCS, target_is_directory=True)
+    (tmp_path / "xcloud").symlink_to(ROOT / "xcloud", target_is_directory=True)
+    result = _mkdocs_build(broken, tmp_path / "site")
+    assert result.returncode != 0 and "validation error" in result.stderr
+
+
+def test_docs_build_without_pydantic(tmp_path):
+    result = _mkdocs_build(ROOT / "mkdocs.yml", tmp_path / "site", pydantic=False)
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-6000:]}"
+    text = (tmp_path / "site" / "reference" / "xcloud.html").read_text()
+    assert 'href="training.html#xcloud.training.train.train"' in text  # the extension ran
 
 
 def test_docstring_markup_is_rendered_as_markdown(site):
