@@ -1,12 +1,24 @@
-"""DeepLabV3+ (ResNet-34): smp's layout, parameter count, shapes, train/eval behaviour."""
+"""DeepLabV3+ as smp 0.3.2 builds it: layouts, parameter counts, shapes, train/eval behaviour."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
-from xcloud.models.deeplabv3plus import DeepLabV3Plus
+from xcloud.models.deeplabv3plus import ENCODERS, DeepLabV3Plus
+
+from .conftest import need_data
 
 RESNET34_WITHOUT_FC = 21_797_672 - (512 * 1000 + 1000)  # torchvision's count, less the classifier
+MOBILENET_V2_WITHOUT_CLASSIFIER = 3_504_872 - (1280 * 1000 + 1000)  # torchvision's, likewise
 PARAMETERS_13_7 = 22_470_359
+MOBILENET_V2_32_7 = 4_388_407  # the SEnSeI-v2 fixture's segmenter (32 embedding channels)
+SENSEI_DEEPLAB_RESNET34 = 22_871_061  # SEnSeI-v2 + DeepLabV3+ resnet34, full size
+
+DEEPLAB_FIXTURE = "fixtures/sensei_v2_published_deeplab"
+DEEPLAB_VARIANT = "SEnSeIv2-DeepLabv3plus-mobilenet_v2-test"
+LAYOUT_FULL_SIZE = "fixtures/sensei_v2_published/layout_full_size.json"
 
 
 def decoder_count(classes, width=256, deep=512, low=64, separable=True):
@@ -22,6 +34,21 @@ def decoder_count(classes, width=256, deep=512, low=64, separable=True):
 
 def encoder_count(in_channels):
     return RESNET34_WITHOUT_FC + 64 * 7 * 7 * (in_channels - 3)
+
+
+def mobilenet_encoder_count(in_channels):
+    return MOBILENET_V2_WITHOUT_CLASSIFIER + 32 * 3 * 3 * (in_channels - 3)
+
+
+def counted(state):
+    """Values of a state dict without the batch-norm statistics (the parameters)."""
+    return sum(v.numel() for k, v in state.items()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+
+
+def segmenter_part(state):
+    return {k.removeprefix("segmenter."): v for k, v in state.items()
+            if k.startswith("segmenter.")}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +96,9 @@ def test_output_stride_16_with_a_dilated_layer4(network):
         assert (conv.stride, conv.dilation, conv.padding) == ((1, 1), (2, 2), (2, 2))
     assert encoder.layer4[0].downsample[0].stride == (1, 1)
     with torch.no_grad():
-        low, deep = encoder(torch.randn(1, 13, 64, 96))
-    assert low.shape == (1, 64, 16, 24) and deep.shape == (1, 512, 4, 6)
+        features = encoder(torch.randn(1, 13, 64, 96))
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (64, 32, 48), (64, 16, 24), (128, 8, 12), (256, 4, 6), (512, 4, 6)]
 
 
 @pytest.mark.parametrize(("height", "width"), [(16, 16), (32, 48), (80, 64)])
@@ -113,3 +141,167 @@ def test_train_mode_differs_only_by_dropout_and_batch_norm():
         noisy = DeepLabV3Plus(4, 3).train()
         torch.manual_seed(0)
         assert not torch.equal(noisy(x), noisy(x))
+
+
+# -- smp 0.3.2 encoders, upsampling, and the published SEnSeI-v2 layouts ---------------------
+
+
+@pytest.fixture(scope="module")
+def published_deeplab():
+    """The fixture's construction arguments and ``segmenter.*`` tensors (mobilenet_v2)."""
+    root = need_data(DEEPLAB_FIXTURE)
+    variant = json.loads((root / "meta.json").read_text())["variants"][DEEPLAB_VARIANT]
+    state = torch.load(root / variant["folder"] / "weights.pt", weights_only=True)
+    return variant, state
+
+
+def test_published_mobilenet_v2_segmenter_loads_strictly(published_deeplab):
+    variant, state = published_deeplab
+    config = variant["config_yaml"]
+    assert config["MODEL_TYPE"] == "DeepLabv3+" and config["DEEPLAB_CONFIG"] == "mobilenet_v2"
+    embedding = next(block["embedding_dims"] for block in variant["sensei_config"]["blocks"]
+                     if block["type"] == "BAND_EMBEDDING")
+    network = DeepLabV3Plus(embedding, config["CLASSES"], encoder="mobilenet_v2", upsampling=1)
+    segmenter = segmenter_part(state)
+    shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in segmenter.items()}
+    assert network.load_state_dict(segmenter, strict=True)
+    for key, value in network.state_dict().items():
+        assert value.dtype == segmenter[key].dtype and torch.equal(value, segmenter[key]), key
+    n_sensei = counted({k: v for k, v in state.items() if k.startswith("senseiv2.")})
+    assert network.n_parameters() == counted(segmenter) == MOBILENET_V2_32_7
+    assert network.n_parameters() + n_sensei == variant["weights_pt"]["n_params_model"]
+
+
+def test_published_mobilenet_v2_logits_at_a_quarter_of_the_patch(published_deeplab):
+    variant, state = published_deeplab
+    network = DeepLabV3Plus(32, 7, encoder="mobilenet_v2", upsampling=1).eval()
+    network.load_state_dict(segmenter_part(state))
+    root = need_data(DEEPLAB_FIXTURE)
+    with np.load(root / variant["folder"] / "io.npz") as io:
+        reference = io["s2_l1c_13_logits_b1"].shape  # the segmenter's output in the fixture
+    size = variant["patch_size"]
+    with torch.no_grad():
+        logits = network(torch.randn(2, 32, size, size))
+    assert logits.shape == reference == (2, 7, size // 4, size // 4)
+    assert torch.isfinite(logits).all()
+
+
+def test_full_size_resnet34_layout_maps_key_by_key():
+    layout = json.loads(need_data(LAYOUT_FULL_SIZE).read_text())["deeplab_resnet34"]
+    entries = {e["key"].removeprefix("segmenter."): e for e in layout["layout"]
+               if e["key"].startswith("segmenter.")}
+    channels = entries["encoder.conv1.weight"]["shape"][1]
+    network = DeepLabV3Plus(channels, 7, upsampling=1)
+    state = network.state_dict()
+    assert list(state) == list(entries)  # same keys, in the same order
+    for key, value in state.items():
+        assert list(value.shape) == entries[key]["shape"], key
+        assert str(value.dtype).removeprefix("torch.") == entries[key]["dtype"], key
+    n_sensei = sum(np.prod(e["shape"], dtype=int) for e in layout["layout"]
+                   if e["key"].startswith("senseiv2.")
+                   and not e["key"].endswith(("running_mean", "running_var",
+                                              "num_batches_tracked")))
+    assert network.n_parameters() == encoder_count(channels) + decoder_count(7)
+    assert network.n_parameters() + n_sensei == layout["n_params"] == SENSEI_DEEPLAB_RESNET34
+
+
+def test_mobilenet_v2_parameter_count_and_smp_layout():
+    network = DeepLabV3Plus(32, 7, encoder="mobilenet_v2")
+    assert sum(p.numel() for p in network.encoder.parameters()) == mobilenet_encoder_count(32)
+    assert network.n_parameters() == MOBILENET_V2_32_7 == (
+        mobilenet_encoder_count(32) + decoder_count(7, deep=1280, low=24))
+    shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    assert shapes["encoder.features.0.0.weight"] == (32, 32, 3, 3)
+    assert shapes["encoder.features.18.0.weight"] == (1280, 320, 1, 1)
+    assert shapes["decoder.aspp.0.convs.0.0.weight"] == (256, 1280, 1, 1)
+    assert shapes["decoder.block1.0.weight"] == (48, 24, 1, 1)
+    assert not any(k.startswith("encoder.classifier") for k in shapes)
+
+
+def test_mobilenet_v2_stage_5_is_dilated_for_output_stride_16():
+    features = DeepLabV3Plus(5, 2, encoder="mobilenet_v2").encoder.features
+    for index in range(14, 18):  # stage 5's inverted residuals: every depthwise 3x3
+        depthwise = features[index].conv[1][0]
+        assert (depthwise.stride, depthwise.dilation, depthwise.padding) == (
+            (1, 1), (2, 2), (2, 2)), index
+    assert features[18][0].dilation == (2, 2) and features[18][0].padding == (0, 0)
+    assert features[7].conv[1][0].stride == (2, 2)  # stage 4 keeps its stride
+    assert features[13].conv[1][0].dilation == (1, 1)
+    assert features[14].conv[0][0].dilation == (2, 2)  # 1x1 expansion too, as smp does
+
+
+def test_mobilenet_v2_stage_outputs():
+    encoder = DeepLabV3Plus(5, 2, encoder="mobilenet_v2").eval().encoder
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 5, 64, 96))
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (16, 32, 48), (24, 16, 24), (32, 8, 12), (96, 4, 6), (1280, 4, 6)]
+    assert ENCODERS["mobilenet_v2"].channels == tuple(f.shape[1] for f in features)
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+@pytest.mark.parametrize(("height", "width"), [(48, 48), (16, 32), (80, 112)])
+@pytest.mark.parametrize("upsampling", [1, 2, 4])
+def test_logit_size_follows_upsampling(encoder, height, width, upsampling):
+    network = DeepLabV3Plus(6, 3, encoder=encoder, upsampling=upsampling).eval()
+    with torch.no_grad():
+        logits = network(torch.randn(1, 6, height, width))
+    assert logits.shape == (1, 3, height // 4 * upsampling, width // 4 * upsampling)
+    assert isinstance(network.segmentation_head[1], torch.nn.Identity) == (upsampling == 1)
+
+
+def test_upsampling_is_bilinear_with_aligned_corners():
+    network = DeepLabV3Plus(4, 3, encoder="mobilenet_v2", upsampling=1).eval()
+    upsampled = DeepLabV3Plus(4, 3, encoder="mobilenet_v2", upsampling=4).eval()
+    upsampled.load_state_dict(network.state_dict())
+    x = torch.randn(1, 4, 32, 48)
+    with torch.no_grad():
+        quarter, full = network(x), upsampled(x)
+    expected = torch.nn.functional.interpolate(quarter, scale_factor=4, mode="bilinear",
+                                               align_corners=True)
+    torch.testing.assert_close(full, expected)
+    torch.testing.assert_close(full[..., ::31, ::47], quarter[..., ::7, ::11])  # the corners
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_output_stride_8_dilates_two_stages(encoder):
+    network = DeepLabV3Plus(4, 3, encoder=encoder, encoder_output_stride=8).eval()
+    stages = network.encoder.stages()
+    dilations = {conv.dilation for conv in stages[3].modules()
+                 if isinstance(conv, torch.nn.Conv2d)}
+    assert dilations == {(2, 2)}
+    assert {conv.dilation for conv in stages[4].modules()
+            if isinstance(conv, torch.nn.Conv2d)} == {(4, 4)}
+    with torch.no_grad():
+        assert network(torch.randn(1, 4, 40, 56)).shape == (1, 3, 40, 56)
+    with pytest.raises(ValueError, match=r"multiples of 8.*pad to 48 x 56"):
+        network(torch.randn(1, 4, 41, 56))
+    with pytest.raises(ValueError, match="encoder_output_stride"):
+        DeepLabV3Plus(4, 3, encoder=encoder, encoder_output_stride=32)
+
+
+def test_unknown_encoder_is_refused_naming_the_argument():
+    with pytest.raises(ValueError, match=r"encoder='resnet50'.*resnet34, mobilenet_v2"):
+        DeepLabV3Plus(4, 3, encoder="resnet50")
+    with pytest.raises(ValueError, match="upsampling"):
+        DeepLabV3Plus(4, 3, upsampling=0)
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_initialisation_follows_smp_032(encoder):
+    torch.manual_seed(0)
+    patched = DeepLabV3Plus(13, 7, encoder=encoder)
+    plain = DeepLabV3Plus(3, 7, encoder=encoder)
+    first = next(m for m in patched.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    first3 = next(m for m in plain.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    fan_in = first.weight[0].numel()
+    # smp's patch_first_conv resets a non-RGB first convolution: torch's U(+-1/sqrt(fan_in))
+    assert first.weight.abs().max() <= fan_in ** -0.5
+    # torchvision's encoder initialisation: He-normal over the fan-out
+    fan_out = first3.out_channels * first3.kernel_size[0] * first3.kernel_size[1]
+    assert first3.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+    # the decoder and the head keep torch's defaults (smp 0.3.2 never initialises them)
+    head = patched.segmentation_head[0]
+    assert head.weight.abs().max() <= head.weight[0].numel() ** -0.5
+    assert head.bias.abs().max() > 0

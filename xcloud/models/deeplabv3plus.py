@@ -1,64 +1,103 @@
-"""DeepLabV3+ (Chen et al. 2018) with a ResNet-34 encoder, in plain torch.
+"""DeepLabV3+ (Chen et al. 2018) as segmentation_models_pytorch 0.3.2 builds it, in plain torch.
 
-The layout follows ``segmentation_models_pytorch.DeepLabV3Plus(encoder_name="resnet34")`` with
-its defaults (output stride 16, ASPP rates (12, 24, 36), separable ASPP convolutions, dropout
-0.5 after the ASPP projection, 256 decoder channels), so module and parameter names match and
-smp state dicts load strictly:
+The network is ``smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None,
+in_channels=in_channels, classes=n_classes, upsampling=upsampling)`` of smp 0.3.2 (the version
+SEnSeI-v2 pins; 0.3.3 builds the same network), so module and parameter names match
+and smp state dicts load strictly:
 
-* ``encoder.*``: torchvision's ResNet-34 without its classifier (``conv1``, ``bn1``,
-  ``layer1`` .. ``layer4``). For output stride 16, ``layer4`` has stride 1 and dilation 2 in
-  every convolution (smp's ``replace_strides_with_dilation``).
+* ``encoder.*``: the encoder (see :data:`ENCODERS`), without its classifier, its first
+  convolution taking ``in_channels`` bands. smp calls its five downsampling stages 1 .. 5
+  (outputs at 1/2 .. 1/32 of the input size). For output stride 16 every convolution of
+  stage 5 gets stride 1, dilation 2 and padding ``(k // 2) * 2`` (smp's
+  ``replace_strides_with_dilation``; 1x1 convolutions included, where it changes nothing);
+  for output stride 8 stage 4 gets dilation 2 and stage 5 dilation 4.
+
+  - ``resnet34``: torchvision's ResNet-34 (``conv1``, ``bn1``, ``layer1`` .. ``layer4``;
+    stage 5 is ``layer4``, the low-level features come from ``layer1``, 64 channels).
+  - ``mobilenet_v2``: torchvision's MobileNetV2 ``features.0`` .. ``features.18`` (the
+    layout of :mod:`xcloud.models.unet_mobilenet`; stages end after features 1, 3, 6, 13 and
+    18, so stage 5 is ``features.14`` .. ``features.18``: every depthwise 3x3 there is
+    dilated by 2). Low-level features: ``features.3``, 24 channels; deep: 1280 channels.
+
 * ``decoder.aspp``: ASPP (1x1 branch, three separable 3x3 branches dilated by
-  ``atrous_rates``, image pooling; 1x1 projection, BN, ReLU, dropout), then a separable 3x3
-  convolution, BN, ReLU. ``decoder.block1`` projects ``layer1`` (stride 4) to 48 channels;
-  ``decoder.block2`` fuses it with the x4-upsampled ASPP output (separable 3x3, BN, ReLU).
-* ``segmentation_head.0``: 1x1 convolution to the classes, then x4 bilinear upsampling
-  (``align_corners=True``, as smp's ``UpsamplingBilinear2d``).
+  ``atrous_rates``, image pooling; 1x1 projection, BN, ReLU, dropout 0.5), then a separable
+  3x3 convolution, BN, ReLU. ``decoder.up`` upsamples it bilinearly (``align_corners=True``)
+  x4 (x2 at output stride 8) to the stride-4 features, which ``decoder.block1`` projects to
+  48 channels; ``decoder.block2`` fuses both (separable 3x3, BN, ReLU), 256 channels at 1/4.
+* ``segmentation_head.0``: 1x1 convolution to the classes, then bilinear upsampling by
+  ``upsampling`` (``align_corners=True``, smp's ``UpsamplingBilinear2d``; none when it is 1).
 
-The paper's rates for output stride 16 are (6, 12, 18); smp's default (12, 24, 36) is this
-module's default too (``atrous_rates`` changes it; no parameter depends on it). Height and
-width must be multiples of 16. With 13 input channels and 7 classes the network has
-22,470,359 parameters (ResNet-34 encoder 21,316,032; the encoder at 3 channels has
-torchvision's 21,284,672).
+Logits come out at ``(H / 4 * upsampling, W / 4 * upsampling)``: the input size for smp's
+default ``upsampling=4``, 1/4 of it for SEnSeI-v2's ``upsampling=1`` (SEnSeI-v2 then
+resizes them itself). Height and width must be multiples of the output stride (16), as smp
+checks. The paper's ASPP rates for output stride 16 are (6, 12, 18); smp's default
+(12, 24, 36) is this module's default too (``atrous_rates`` changes it; no parameter depends
+on it).
+
+Parameters (``n_parameters``; batch-norm statistics not counted): ``resnet34`` with 13 bands
+and 7 classes 22,470,359 (encoder 21,316,032; torchvision's 21,284,672 at 3 bands, + 3,136 per
+extra band); ``mobilenet_v2`` with 32 bands and 7 classes 4,388,407 (encoder 2,232,224;
+torchvision's 2,223,872 at 3 bands, + 288 per extra band).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DeepLabV3Plus", "ResNet34Encoder"]
+from .unet_mobilenet import UnetMobileNetV2
+
+__all__ = [
+    "ENCODERS",
+    "DeepLabV3Plus",
+    "EncoderSpec",
+    "MobileNetV2Backbone",
+    "ResNet34Encoder",
+    "replace_strides_with_dilation",
+]
 
 _RESNET34_BLOCKS = (3, 4, 6, 3)
 _RESNET_WIDTHS = (64, 128, 256, 512)
 _LOW_LEVEL_CHANNELS = 48
-_OUTPUT_STRIDE = 16
-
-
-def _round_up(size: int) -> int:
-    return -(-size // _OUTPUT_STRIDE) * _OUTPUT_STRIDE
+_OUTPUT_STRIDES = (8, 16)
+# smp's make_dilated: the stages (1-based) given dilation, per output stride
+_DILATED_STAGES = {16: ((5, 2),), 8: ((4, 2), (5, 4))}
 
 
 def _bn_relu(channels: int) -> list[nn.Module]:
     return [nn.BatchNorm2d(channels), nn.ReLU()]
 
 
+def replace_strides_with_dilation(module: nn.Module, rate: int) -> None:
+    """Give every convolution in ``module`` stride 1 and dilation ``rate`` (in place).
+
+    smp's ``replace_strides_with_dilation``: the padding becomes ``(k // 2) * rate`` so the
+    size is kept; 1x1 convolutions get the dilation too (without effect).
+    """
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            kernel_h, kernel_w = conv.kernel_size
+            conv.stride = (1, 1)
+            conv.dilation = (rate, rate)
+            conv.padding = ((kernel_h // 2) * rate, (kernel_w // 2) * rate)
+
+
+# -- encoders ----------------------------------------------------------------------------------
+
+
 class BasicBlock(nn.Module):
     """torchvision's ResNet basic block: two 3x3 convolutions with BN and a residual."""
 
-    def __init__(self, in_channels: int, channels: int, *, stride: int = 1,
-                 dilation: int = 1) -> None:
+    def __init__(self, in_channels: int, channels: int, *, stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=dilation,
-                               dilation=dilation, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation,
-                               bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
         self.downsample = None
         if stride != 1 or in_channels != channels:
@@ -72,19 +111,20 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
-def _resnet_layer(in_channels: int, channels: int, blocks: int, *, stride: int,
-                  dilation: int) -> nn.Sequential:
-    first = BasicBlock(in_channels, channels, stride=stride, dilation=dilation)
-    rest = (BasicBlock(channels, channels, dilation=dilation) for _ in range(blocks - 1))
-    return nn.Sequential(first, *rest)
+def _resnet_layer(in_channels: int, channels: int, blocks: int, *, stride: int) -> nn.Sequential:
+    rest = (BasicBlock(channels, channels) for _ in range(blocks - 1))
+    return nn.Sequential(BasicBlock(in_channels, channels, stride=stride), *rest)
 
 
 class ResNet34Encoder(nn.Module):
-    """ResNet-34 features at output stride 16: returns (layer1, layer4) maps.
+    """torchvision's ResNet-34 without classifier (output stride 32 until dilated).
 
-    ``layer1`` has 64 channels at 1/4 of the input size, ``layer4`` 512 channels at 1/16
-    (its stride replaced by dilation 2).
+    ``forward`` returns the five stage outputs, finest first: 64 channels at 1/2 (after
+    ``relu``), 64 at 1/4 (``layer1``), 128, 256 and 512 (``layer2`` .. ``layer4``).
     """
+
+    channels = (64, 64, 128, 256, 512)
+    """Channels of the five stage outputs."""
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
@@ -94,15 +134,85 @@ class ResNet34Encoder(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         inputs = (_RESNET_WIDTHS[0], *_RESNET_WIDTHS[:-1])
-        strides, dilations = (1, 2, 2, 1), (1, 1, 1, 2)
-        for index, spec in enumerate(zip(inputs, _RESNET_WIDTHS, _RESNET34_BLOCKS, strides,
-                                         dilations, strict=True), start=1):
-            i, o, n, s, d = spec
-            self.add_module(f"layer{index}", _resnet_layer(i, o, n, stride=s, dilation=d))
+        for index, (i, o, n, s) in enumerate(zip(inputs, _RESNET_WIDTHS, _RESNET34_BLOCKS,
+                                                 (1, 2, 2, 2), strict=True), start=1):
+            self.add_module(f"layer{index}", _resnet_layer(i, o, n, stride=s))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
-        return low, self.layer4(self.layer3(self.layer2(low)))
+    def stages(self) -> list[nn.Module]:
+        """smp's stages 1 .. 5 (their modules, shared with this encoder)."""
+        return [nn.Sequential(self.conv1, self.bn1, self.relu),
+                nn.Sequential(self.maxpool, self.layer1), self.layer2, self.layer3, self.layer4]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five stage outputs of input ``x``, finest first."""
+        outputs = []
+        for stage in self.stages():
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+
+class MobileNetV2Backbone(nn.Module):
+    """torchvision's MobileNetV2 ``features`` (output stride 32 until dilated).
+
+    The layers are those of :class:`xcloud.models.unet_mobilenet.UnetMobileNetV2`'s encoder.
+    ``forward`` returns the five stage outputs, finest first: 16, 24, 32, 96 and 1280
+    channels at 1/2 .. 1/32.
+    """
+
+    channels = (16, 24, 32, 96, 1280)
+    """Channels of the five stage outputs."""
+
+    stage_ends = (2, 4, 7, 14, 19)
+    """Where each stage's slice of ``features`` ends (smp's ``get_stages``)."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        # unet_mobilenet keeps its encoder class private: take the layers from a U-Net (its
+        # decoder is dropped); build the encoder directly once it is public
+        self.features = UnetMobileNetV2(in_channels, 1).encoder.features
+
+    def stages(self) -> list[nn.Module]:
+        """smp's stages 1 .. 5 (slices of ``features``, sharing its modules)."""
+        starts = (0, *self.stage_ends[:-1])
+        return [self.features[start:end] for start, end in zip(starts, self.stage_ends,
+                                                               strict=True)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five stage outputs of input ``x``, finest first."""
+        outputs = []
+        for stage in self.stages():
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build one of smp's encoders.
+
+    Attributes
+    ----------
+    build
+        ``build(in_channels)``: a module with smp's parameter names whose ``forward`` returns
+        the five stage outputs (1/2 .. 1/32 of the input size, finest first) and whose
+        ``stages()`` returns the five stage modules (for dilation).
+    channels
+        Channels of the five stage outputs.
+    """
+
+    build: Callable[[int], nn.Module]
+    channels: tuple[int, int, int, int, int]
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "resnet34": EncoderSpec(ResNet34Encoder, ResNet34Encoder.channels),
+    "mobilenet_v2": EncoderSpec(MobileNetV2Backbone, MobileNetV2Backbone.channels),
+}
+"""The encoders, by smp's ``encoder_name``."""
+
+
+# -- decoder -----------------------------------------------------------------------------------
 
 
 class SeparableConv2d(nn.Sequential):
@@ -157,12 +267,13 @@ class DeepLabV3PlusDecoder(nn.Module):
     """ASPP on the deep features, fused with 48 projected low-level channels at stride 4."""
 
     def __init__(self, low_channels: int, deep_channels: int, out_channels: int,
-                 rates: Sequence[int], *, separable: bool, dropout: float) -> None:
+                 rates: Sequence[int], *, output_stride: int, separable: bool,
+                 dropout: float) -> None:
         super().__init__()
         self.aspp = nn.Sequential(
             ASPP(deep_channels, out_channels, rates, separable=separable, dropout=dropout),
             SeparableConv2d(out_channels, out_channels), *_bn_relu(out_channels))
-        self.up = nn.Upsample(scale_factor=_OUTPUT_STRIDE // 4, mode="bilinear",
+        self.up = nn.Upsample(scale_factor=output_stride // 4, mode="bilinear",
                               align_corners=True)
         self.block1 = nn.Sequential(nn.Conv2d(low_channels, _LOW_LEVEL_CHANNELS, 1, bias=False),
                                     *_bn_relu(_LOW_LEVEL_CHANNELS))
@@ -175,8 +286,11 @@ class DeepLabV3PlusDecoder(nn.Module):
         return self.block2(fused)
 
 
+# -- network -----------------------------------------------------------------------------------
+
+
 class DeepLabV3Plus(nn.Module):
-    """DeepLabV3+ with a ResNet-34 encoder; logits (N, n_classes, H, W).
+    """smp 0.3.2's DeepLabV3+; logits (N, n_classes, H / 4 * upsampling, W / 4 * upsampling).
 
     Parameters
     ----------
@@ -184,6 +298,14 @@ class DeepLabV3Plus(nn.Module):
         Input bands.
     n_classes
         Output channels (logits, no activation).
+    encoder
+        smp's ``encoder_name``: one of :data:`ENCODERS` (``"resnet34"``, ``"mobilenet_v2"``).
+    upsampling
+        Final bilinear upsampling of the logits: 4 (smp's default) gives logits at the input
+        size, 1 (SEnSeI-v2) at 1/4 of it.
+    encoder_output_stride
+        16 (smp's default) or 8: the encoder's last stage (and at 8 also the one before) is
+        dilated instead of strided.
     atrous_rates
         Dilation rates of the three ASPP 3x3 branches: smp's (12, 24, 36) by default, the
         paper's (6, 12, 18) for output stride 16 as an alternative.
@@ -192,65 +314,86 @@ class DeepLabV3Plus(nn.Module):
     aspp_dropout
         Dropout after the ASPP projection (training only; 0.5).
     aspp_separable
-        Depthwise-separable ASPP branches (smp's DeepLabV3+ default) or plain 3x3 ones.
+        Depthwise-separable ASPP branches (smp's DeepLabV3+) or plain 3x3 ones.
 
     Notes
     -----
-    Height and width must be multiples of 16. Initialisation follows smp: He-normal
-    (fan-out) encoder convolutions as torchvision, He-uniform decoder convolutions, a
-    Glorot-uniform classifier, unit batch norms, zero biases.
+    Height and width must be multiples of ``encoder_output_stride``. Initialisation follows
+    smp 0.3.2 with ``encoder_weights=None``: torchvision's encoder initialisation (He-normal,
+    fan-out convolutions), except that a first convolution for other than 3 bands gets
+    torch's default (smp's ``patch_first_conv`` resets it); torch's defaults in the decoder
+    and head (smp 0.3.2's DeepLabV3+ never calls its ``initialize``); unit batch norms.
     """
 
-    def __init__(self, in_channels: int, n_classes: int, *,
+    def __init__(self, in_channels: int, n_classes: int, *, encoder: str = "resnet34",
+                 upsampling: int = 4, encoder_output_stride: int = 16,
                  atrous_rates: Sequence[int] = (12, 24, 36), decoder_channels: int = 256,
                  aspp_dropout: float = 0.5, aspp_separable: bool = True) -> None:
         super().__init__()
-        if in_channels < 1 or n_classes < 1 or decoder_channels < 1:
-            raise ValueError("in_channels, n_classes and decoder_channels must be >= 1")
+        if in_channels < 1 or n_classes < 1 or decoder_channels < 1 or upsampling < 1:
+            raise ValueError("in_channels, n_classes, decoder_channels and upsampling must be "
+                             f">= 1, got {in_channels}, {n_classes}, {decoder_channels} and "
+                             f"{upsampling}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown DeepLabV3+ encoder={encoder!r}; encoders: "
+                             f"{', '.join(ENCODERS)}")
+        if encoder_output_stride not in _OUTPUT_STRIDES:
+            raise ValueError(f"encoder_output_stride must be 8 or 16, got "
+                             f"{encoder_output_stride}")
+        spec = ENCODERS[encoder]
         self.in_channels = in_channels
         self.n_classes = n_classes
-        self.encoder = ResNet34Encoder(in_channels)
+        self.encoder_name = encoder
+        self.upsampling = upsampling
+        self.output_stride = encoder_output_stride
+        self.encoder = spec.build(in_channels)
+        stages = self.encoder.stages()
+        for stage, rate in _DILATED_STAGES[encoder_output_stride]:
+            replace_strides_with_dilation(stages[stage - 1], rate)
         self.decoder = DeepLabV3PlusDecoder(
-            _RESNET_WIDTHS[0], _RESNET_WIDTHS[-1], decoder_channels, tuple(atrous_rates),
-            separable=aspp_separable, dropout=aspp_dropout)
+            spec.channels[1], spec.channels[-1], decoder_channels, tuple(atrous_rates),
+            output_stride=encoder_output_stride, separable=aspp_separable, dropout=aspp_dropout)
         self.segmentation_head = nn.Sequential(
             nn.Conv2d(decoder_channels, n_classes, 1),
-            nn.Upsample(scale_factor=4, mode="bilinear", align_corners=True),
+            nn.Upsample(scale_factor=upsampling, mode="bilinear", align_corners=True)
+            if upsampling > 1 else nn.Identity(),
             nn.Identity())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-initialise every weight (see Notes)."""
-        self._init_convs(self.encoder, nn.init.kaiming_normal_, mode="fan_out",
-                         nonlinearity="relu")
-        self._init_convs(self.decoder, nn.init.kaiming_uniform_, mode="fan_in",
-                         nonlinearity="relu")
-        self._init_convs(self.segmentation_head, nn.init.xavier_uniform_)
+        first_conv = None
+        for module in self.encoder.modules():
+            if isinstance(module, nn.Conv2d):
+                first_conv = module if first_conv is None else first_conv
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if first_conv is not None and self.in_channels != 3:
+            first_conv.reset_parameters()
+        for module in (*self.decoder.modules(), *self.segmentation_head.modules()):
+            if isinstance(module, nn.Conv2d):
+                module.reset_parameters()
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
 
-    @staticmethod
-    def _init_convs(root: nn.Module, init: Callable[..., Any], **options: Any) -> None:
-        for module in root.modules():
-            if isinstance(module, nn.Conv2d):
-                init(module.weight, **options)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, n_classes, H, W) of input (N, in_channels, H, W)."""
+        """Logits (N, n_classes, H / 4 * upsampling, W / 4 * upsampling) of (N, C, H, W)."""
         self._check_input(x)
-        return self.segmentation_head(self.decoder(*self.encoder(x)))
+        features = self.encoder(x)
+        return self.segmentation_head(self.decoder(features[1], features[-1]))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
         height, width = x.shape[2:]
-        if height % _OUTPUT_STRIDE or width % _OUTPUT_STRIDE:
-            raise ValueError(f"height and width must be multiples of {_OUTPUT_STRIDE}, got "
-                             f"{height} x {width}: pad to {_round_up(height)} x {_round_up(width)}")
+        stride = self.output_stride
+        if height % stride or width % stride:
+            raise ValueError(f"height and width must be multiples of {stride}, got {height} x "
+                             f"{width}: pad to {-(-height // stride) * stride} x "
+                             f"{-(-width // stride) * stride}")
 
     def n_parameters(self) -> int:
         """Number of parameters (batch-norm statistics not counted)."""
