@@ -164,3 +164,67 @@ def test_demo_plot_without_matplotlib_fails_before_the_job(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert err.startswith("xcloud: error:") and "xcloud[plot]" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+# -- xcloud weights ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("action", ["list", "fetch", "verify"])
+def test_weights_actions_have_help(capsys, action):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["weights", action, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: xcloud weights {action}") and "--cache-dir" in out
+    assert len(out.split("\n\n")[1].split()) >= 8
+
+
+def test_weights_list_shows_every_artifact(capsys, tmp_path):
+    from xcloud.models.published import PUBLISHED
+
+    assert main(["weights", "list", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["name", "model", "files", "size", "sha256", "licence",
+                                           "cached"]
+    for name in PUBLISHED:
+        assert name in out
+    assert "CC-BY-NC-4.0" in out and "GPL-3.0-only" in out
+    assert main(["weights", "list", "-v", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "https://huggingface.co/isp-uv-es/cloudsen12_models/resolve/main/landsat30.pt" in out
+    assert f"-> {tmp_path / 'cloudsen12' / 'landsat30.pt'}" in out
+
+
+def test_weights_fetch_and_verify(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("pooch")
+    from tests.test_fetch import FileServer, payload, serve, single
+    from xcloud.models.published import register_published, unregister_published
+
+    monkeypatch.setenv("XCLOUD_WEIGHTS_RETRIES", "0")
+    data = payload(seed=11)
+    entry = register_published(single("t-cli", data))
+    (tmp_path / "host").mkdir()
+    server = FileServer(tmp_path / "host", tmp_path / "log")
+    try:
+        serve(server, entry.files[0].url, data)
+        cache = tmp_path / "cache"
+        args = ["--cache-dir", str(cache)]
+        assert main(["weights", "fetch", "t-cli", "--base-url", server.url, "--quiet", *args]) == 0
+        path = cache / "test" / "t-cli" / "l1c_unet.hdf5"
+        assert capsys.readouterr().out.strip() == str(path) and path.read_bytes() == data
+        assert main(["weights", "verify", "t-cli", *args]) == 0
+        assert capsys.readouterr().out.startswith("verified")
+        assert main(["weights", "verify", *args]) == 0  # all: only cached files are shown
+        assert "t-cli" in capsys.readouterr().out
+        path.write_bytes(b"changed")
+        assert main(["weights", "verify", "t-cli", *args]) == 1
+        captured = capsys.readouterr()
+        assert captured.out.startswith("mismatch") and "xcloud weights fetch" in captured.err
+        server.stop()
+        path.unlink()
+        assert main(["weights", "fetch", "t-cli", "--base-url", server.url, *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("xcloud: error: could not download") and str(path) in err
+    finally:
+        unregister_published("t-cli")
+        if server.process.poll() is None:
+            server.stop()

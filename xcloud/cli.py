@@ -268,6 +268,132 @@ def _add_demo(commands: Any) -> None:
     demo.set_defaults(run=_demo)
 
 
+_WEIGHTS_EXAMPLES = """\
+examples:
+  # every published weights file: model, size, hash, licence, whether it is cached
+  xcloud weights list
+  # ... with each file's URL and where it goes in the cache (for offline use)
+  xcloud weights list -v
+  # download and verify the default weights of a model (or name an artifact)
+  xcloud weights fetch cloudsen12-l2a
+  # the same from a mirror inside an air-gapped site, into a shared folder
+  xcloud weights fetch kappamask-l1c --base-url http://mirror:8000 --cache-dir /data/weights
+  # check every cached file against its published (or first-download) sha256
+  xcloud weights verify
+
+The cache is $XCLOUD_CACHE_DIR or the per-user cache (xcloud.models.fetch.cache_dir());
+$XCLOUD_WEIGHTS_URL sets a mirror for every download.
+"""
+
+
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return "?"  # pragma: no cover
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(header[k]), *(len(r[k]) for r in rows)) for k in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _weights_list(args: argparse.Namespace) -> int:
+    from .models.fetch import cache_dir, local_path
+    from .models.published import PUBLISHED
+
+    root = cache_dir(args.cache_dir)
+    entries = sorted(PUBLISHED.values(), key=lambda e: (e.model, not e.default, e.name))
+    rows = []
+    for e in entries:
+        present = sum(local_path(e, f, cache_dir=root).is_file() for f in e.files)
+        cached = "yes" if present == len(e.files) else "partly" if present else "no"
+        rows.append((e.name + (" *" if e.default else ""), e.model, str(len(e.files)),
+                     _human_size(e.size), f"{e.hashes_known}/{len(e.files)}", e.licence, cached))
+    _print_table(("name", "model", "files", "size", "sha256", "licence", "cached"), rows)
+    print(f"* the model's default; sha256: files with a published hash; cache: {root}")
+    if args.verbose:
+        for e in entries:
+            print(f"\n{e.name}: {e.format}, bands {' '.join(e.bands) or '(any)'}")
+            for f in e.files:
+                print(f"  {f.url}\n    -> {local_path(e, f, cache_dir=root)}"
+                      f"\n    sha256 {f.sha256 or 'unknown'}, size {f.size or 'unknown'}")
+    return 0
+
+
+def _weights_fetch(args: argparse.Namespace) -> int:
+    from .models.fetch import fetch_weights
+
+    path = fetch_weights(args.name, cache_dir=args.cache_dir, base_url=args.base_url,
+                         progress=not args.quiet)
+    print(path)
+    return 0
+
+
+def _weights_verify(args: argparse.Namespace) -> int:
+    from .models.fetch import verify_weights
+
+    checks = verify_weights(args.name, cache_dir=args.cache_dir)
+    shown = [c for c in checks if args.name or c.status != "missing"]
+    for check in shown:
+        detail = f" (expected {check.expected}, found {check.actual})" \
+            if check.status == "mismatch" else ""
+        print(f"{check.status:<10}  {check.artifact}  {check.path}{detail}")
+    if not shown:
+        print("no cached weights files")
+    bad = [c for c in checks if c.status == "mismatch"]
+    if bad:
+        print(f"xcloud: error: {len(bad)} file(s) do not match their sha256: run `xcloud weights "
+              "fetch NAME` to replace them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_weights(commands: Any) -> None:
+    weights = commands.add_parser(
+        "weights", help="list, download and verify the published model weights",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_WEIGHTS_EXAMPLES,
+        description="The weights the authors of KappaMask, SEnSeI-v2 and CloudSEN12 publish:\n"
+        "list them with their licence and hashes, download them into the per-user cache\n"
+        "(verified before use), and check the cached files.")
+    actions = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION",
+                                     title="actions")
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument("--cache-dir", metavar="DIR",
+                       help="the weights cache (default $XCLOUD_CACHE_DIR or the user cache)")
+    cache.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=_DEBUG_HELP)
+    listing = actions.add_parser(
+        "list", parents=[cache], help="the published weights and whether they are cached",
+        description="List every published weights artifact: its model, number of files, size, "
+        "how many files have a published sha256, licence and whether it is in the cache.")
+    listing.add_argument("-v", "--verbose", action="store_true",
+                         help="also each file's URL, cache path, sha256 and size")
+    listing.set_defaults(run=_weights_list)
+    fetch = actions.add_parser(
+        "fetch", parents=[cache], help="download (or find in the cache) and verify weights",
+        description="Download the files of an artifact (or of a model's default artifact) "
+        "into the cache, checking each against its published sha256 before it is kept, and "
+        "print the local path.")
+    fetch.add_argument("name", metavar="NAME", help="artifact or model name (xcloud weights list)")
+    fetch.add_argument("--base-url", metavar="URL",
+                       help="mirror replacing the scheme and host of the published URLs "
+                       "(default $XCLOUD_WEIGHTS_URL)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch.set_defaults(run=_weights_fetch)
+    verify = actions.add_parser(
+        "verify", parents=[cache], help="check cached files against their sha256",
+        description="Check the cached files of one artifact, or of all, against the published "
+        "sha256 or the one recorded at their first download; exit status 1 on a mismatch.")
+    verify.add_argument("name", metavar="NAME", nargs="?",
+                        help="artifact or model name (default: every cached artifact)")
+    verify.set_defaults(run=_weights_verify)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xcloud", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -279,6 +405,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_models(commands)
     _add_predict(commands)
     _add_demo(commands)
+    _add_weights(commands)
     from .evaluation.command import add_evaluate_command
     from .training.command import add_train_command
 
