@@ -125,7 +125,7 @@ class SideEffect:
         return os.mkdir, (str(self.marker),)
 
 
-CHECKPOINT_MODELS = ["kappamask-l1c", "sensei-v2-segformer-b0", "cloudsen12-l1c"]
+CHECKPOINT_MODELS = ["kappamask-l1c", "sensei-v2", "cloudsen12-l1c"]
 
 
 @pytest.mark.parametrize("name", CHECKPOINT_MODELS)

@@ -233,3 +233,35 @@ def test_the_engine_makes_the_output_blocks_themselves(output):
                            else ("time", "class", "y", "x"))
     with dask.config.set(scheduler="threads"):
         assert result.compute().shape == result.shape
+
+
+@pytest.mark.parametrize("chunks", [300, 70, (130, 110, 60)])
+def test_mean_blend_is_a_plain_sliding_window_average(chunks):
+    """tile_blend="mean" on a given lattice computes what an authors' sliding window computes
+    (SEnSeI-v2's SlidingWindow: every patch on a stride, overlaps averaged equally), chunked or
+    whole; the default ramp blend does not."""
+    tile, stride, anchor = 64, 32, -16
+    scene, name = _scene(300, 300), "context-mean"
+    model = _register(name, 10.0, tile=tile, overlap=tile - stride, anchor=anchor)
+    image = scene.values
+    total = np.zeros((3, 300, 300))
+    count = np.zeros((300, 300))
+    inside = [s for s in range(anchor, 300, stride) if 0 <= s and s + tile <= 300]
+    for y in inside:
+        for x in inside:
+            total[:, y:y + tile, x:x + tile] += model.predict_proba(
+                image[None, :, y:y + tile, x:x + tile])[0]
+            count[y:y + tile, x:x + tile] += 1
+    # pixels all of whose lattice tiles lie inside the scene
+    covered = [p for p in range(300)
+               if all(s in inside for s in range(anchor, 300, stride) if s <= p < s + tile)]
+    window = np.ix_(covered, covered)
+    expected = (total / np.maximum(count, 1))[(slice(None), *window)]
+    with dask.config.set(scheduler="threads"):
+        mean = predict(scene.chunk({"y": chunks, "x": chunks}), model=name, output="proba",
+                       resolution=10, tile_blend="mean").compute()
+        ramp = predict(scene, model=name, output="proba", resolution=10)
+    np.testing.assert_allclose(mean.values[(slice(None), *window)], expected, atol=1e-6)
+    assert np.abs(ramp.values[(slice(None), *window)] - expected).max() > 1e-3
+    with pytest.raises(ValueError, match="tile_blend"):
+        predict(scene, model=name, tile_blend="median")

@@ -42,6 +42,7 @@ class BlockTask:
     depth: tuple[int, int] = (0, 0)
     halo_at_edges: bool = True
     shared: bool = False
+    tile_blend: str = "ramp"
 
     @property
     def n_out(self) -> int:
@@ -185,6 +186,7 @@ def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
         origin=(round(origin[0] * task.zoom), round(origin[1] * task.zoom)),
         region=_model_region(core, task.zoom),
         scene=_model_scene(task),
+        blend=task.tile_blend,
     )
     return _upsample_core(proba, core, task.zoom, (height, width))
 

@@ -16,13 +16,16 @@ from dask.array.overlap import ensure_minimum_chunksize
 
 from ..data.inputs import band_cube, pixel_size, spatial_dims, to_reflectance
 from ..data.load import DEFAULT_CHUNK, SOURCE_ITEMS_ATTR
+from ..models.fetch import fetch_weights
 from ..models.protocol import ModelInfo
+from ..models.published import default_for
 from ..models.registry import ModelEntry, get
 from ..outputs.cf import mask_attrs, probability_attrs
 from . import tile_once
 from .blocks import BlockTask, predict_block
 from .cache import ModelSpec
 from .device import resolve_device
+from .tiling import BLENDS
 
 __all__ = ["DEFAULT_CHUNK", "predict"]
 
@@ -46,6 +49,16 @@ def _with_bands(entry: ModelEntry, bands: tuple[str, ...]) -> ModelInfo:
     if not bands or not all(isinstance(b, str) for b in bands):
         raise ValueError(f"bands= must list band names (e.g. ['B02', 'B03', 'B04']), got {bands!r}")
     return dataclasses.replace(entry.info, bands=bands)
+
+
+def _check_default_weights(entry: ModelEntry, runtime: str) -> None:
+    """Before any task runs: fetch the model's published weights into this process's cache
+    (each worker finds them there, or fetches them into its own), or raise the loader's error
+    naming the fix when nothing is published or the fetch fails."""
+    if default_for(entry.name) is None:
+        entry.loader(weights=None, device="cpu", runtime=runtime)  # raises, naming the fix
+    else:
+        fetch_weights(entry.name)
 
 
 def _as_dask(array: xr.DataArray, chunk: int) -> da.Array:
@@ -133,6 +146,8 @@ def predict(
     boundary: str = "reflect",
     tile_size: int | None = None,
     tile_overlap: int | None = None,
+    tile_anchor: int | None = None,
+    tile_blend: str | None = None,
     nodata: float | None = None,
     invalid: str = "raise",
     resolution: float | None = None,
@@ -166,6 +181,12 @@ def predict(
         ``periodic`` or ``none``).
     tile_size, tile_overlap
         Override the model's tile size and the overlap of tiles inside a chunk (model pixels).
+    tile_anchor, tile_blend
+        Override where the scene-wide tile lattice starts (model pixels from the scene's first
+        row and column, usually negative) and how overlapping tiles are blended (``"ramp"`` or
+        ``"mean"``, see :data:`xcloud.engine.tiling.BLENDS`). With ``tile_blend="mean"`` and the
+        lattice of an authors' sliding window, the engine computes what that window computes
+        (see the model pages).
     nodata
         Value that marks missing data when all bands have it (in the input's units).
     invalid
@@ -190,12 +211,14 @@ def predict(
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
     if boundary not in _BOUNDARIES:
         raise ValueError(f"boundary must be one of {_BOUNDARIES}, got {boundary!r}")
+    if tile_blend is not None and tile_blend not in BLENDS:
+        raise ValueError(f"tile_blend must be one of {BLENDS}, got {tile_blend!r}")
     if invalid not in ("raise", "nodata"):
         raise ValueError(f"invalid must be 'raise' or 'nodata', got {invalid!r}")
     entry = get(model)
     info = entry.info
     if info.needs_weights_file and weights is None:
-        entry.loader(weights=None, device="cpu", runtime=runtime)  # raises, naming the fix
+        _check_default_weights(entry, runtime)
     chosen = tuple(bands) if bands is not None else None
     if chosen is not None:
         info = _with_bands(entry, chosen)
@@ -231,7 +254,9 @@ def predict(
         spec=spec, output=output, zoom=zoom, batch_size=batch_size,
         tile_size=info.tile_size if tile_size is None else tile_size,
         tile_overlap=info.tile_overlap if tile_overlap is None else tile_overlap,
-        tile_anchor=info.tile_anchor, nodata=nodata, invalid=invalid,
+        tile_anchor=info.tile_anchor if tile_anchor is None else tile_anchor,
+        tile_blend=info.tile_blend if tile_blend is None else tile_blend,
+        nodata=nodata, invalid=invalid,
     )
     result = _wrap(_map_chunks(array, task, boundary), cube, info, output, had_time)
     if SOURCE_ITEMS_ATTR in data.attrs:

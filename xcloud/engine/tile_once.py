@@ -225,7 +225,7 @@ def tile_sums(task: BlockTask, row: int, column: int,
     anchor = -task.tile_overlap if task.tile_anchor is None else task.tile_anchor
     owned = [
         _owned(tile_starts(stop - start, task.tile_size, stride, anchor, start,
-                           scene=_model_length(task, axis)), start,
+                           scene=_model_length(task, axis), blend=task.tile_blend), start,
                _owned_span(task, axis, index))
         for axis, ((start, stop), index) in enumerate(zip(spans, (row, column), strict=True))
     ]
@@ -234,7 +234,7 @@ def tile_sums(task: BlockTask, row: int, column: int,
     image = _assembled(present, spans, task)
     sums = sum_tiles(_loaded_model(task), image, rows=owned[0], cols=owned[1],
                      tile_size=task.tile_size, overlap=task.tile_overlap,
-                     batch_size=task.batch_size)
+                     batch_size=task.batch_size, blend=task.tile_blend)
     sums.origin = (sums.origin[0] + spans[0][0], sums.origin[1] + spans[1][0])
     return sums
 

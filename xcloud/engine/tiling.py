@@ -16,6 +16,7 @@ import numpy as np
 from ..models.protocol import CloudModel
 
 __all__ = [
+    "BLENDS",
     "TileSums",
     "blend_window",
     "blended",
@@ -27,10 +28,14 @@ __all__ = [
 ]
 
 _MIN_WEIGHT = 1e-3
+BLENDS = ("ramp", "mean")
+"""How overlapping tiles are blended: ``"ramp"`` (a raised-cosine ramp across the overlap,
+xcloud's default) or ``"mean"`` (every tile weighs the same over its whole extent, as the
+released SEnSeI-v2 ``SlidingWindow`` averages its patches)."""
 
 
 def tile_starts(length: int, tile: int, stride: int, anchor: int, origin: int = 0, *,
-                scene: int | None = None) -> list[int]:
+                scene: int | None = None, blend: str = "ramp") -> list[int]:
     """Local starts of the scene-lattice tiles that intersect ``length`` pixels.
 
     Tiles sit on a lattice fixed to the whole scene (``anchor + k * stride``) and ``origin`` is
@@ -45,25 +50,28 @@ def tile_starts(length: int, tile: int, stride: int, anchor: int, origin: int = 
     first = math.floor((origin - anchor - tile) / stride) + 1
     last = math.ceil((origin + length - anchor) / stride) - 1
     if scene is not None:
-        edge = floored_edge(tile, tile - stride)
+        edge = floored_edge(tile, tile - stride, blend)
         first = max(first, math.floor((edge - anchor - tile) / stride) + 1)
         last = min(last, math.ceil((scene - edge - anchor) / stride) - 1)
     return [anchor + k * stride - origin for k in range(first, last + 1)]
 
 
-def floored_edge(tile: int, overlap: int) -> int:
+def floored_edge(tile: int, overlap: int, blend: str = "ramp") -> int:
     """Pixels at each end of a tile whose blending weight is only the floor (``1e-3``).
 
-    At most half the overlap, so every scene pixel keeps a tile with more than the floor.
+    At most half the overlap, so every scene pixel keeps a tile with more than the floor;
+    0 for the ``"mean"`` blend.
     """
-    ramp = _ramp(tile, overlap)
+    ramp = _ramp(tile, overlap, blend)
     return min(int(np.argmax(ramp > _MIN_WEIGHT)), max(0, overlap) // 2)
 
 
-def _ramp(tile: int, overlap: int) -> np.ndarray:
+def _ramp(tile: int, overlap: int, blend: str = "ramp") -> np.ndarray:
+    if blend not in BLENDS:
+        raise ValueError(f"tile_blend must be one of {BLENDS}, got {blend!r}")
     ramp = np.ones(tile, np.float32)
     overlap = min(overlap, tile)
-    if overlap > 0:
+    if overlap > 0 and blend == "ramp":
         position = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
         edge = 0.5 - 0.5 * np.cos(np.pi * position)
         ramp[:overlap] = edge
@@ -71,9 +79,10 @@ def _ramp(tile: int, overlap: int) -> np.ndarray:
     return np.maximum(ramp, _MIN_WEIGHT)
 
 
-def blend_window(height: int, width: int, overlap: int) -> np.ndarray:
-    """2-D blending weights: a raised-cosine ramp over ``overlap`` pixels at each edge."""
-    return np.outer(_ramp(height, overlap), _ramp(width, overlap))
+def blend_window(height: int, width: int, overlap: int, blend: str = "ramp") -> np.ndarray:
+    """2-D blending weights: a raised-cosine ramp over ``overlap`` pixels at each edge, or
+    equal weights everywhere (``blend="mean"``)."""
+    return np.outer(_ramp(height, overlap, blend), _ramp(width, overlap, blend))
 
 
 def _touching(starts: list[int], tile: int, span: tuple[int, int]) -> list[int]:
@@ -152,14 +161,14 @@ def _tile_window(image: np.ndarray, rows: list[int], cols: list[int], tile: int)
 
 
 def sum_tiles(model: CloudModel, image: np.ndarray, *, rows: list[int], cols: list[int],
-              tile_size: int, overlap: int, batch_size: int) -> TileSums:
+              tile_size: int, overlap: int, batch_size: int, blend: str = "ramp") -> TileSums:
     """Run the tiles at ``rows`` x ``cols`` (local starts, sorted) and sum their blended output.
 
     The returned sums cover the tiles' span; their origin is in the image's pixels.
     """
     window = _tile_window(image, rows, cols, tile_size)
     corners = [(y - rows[0], x - cols[0]) for y in rows for x in cols]
-    weights = blend_window(tile_size, tile_size, overlap)
+    weights = blend_window(tile_size, tile_size, overlap, blend)
     total: np.ndarray | None = None
     weight_sum = np.zeros(window.shape[-2:], np.float64)
     for batch in _batches(corners, batch_size):
@@ -183,7 +192,7 @@ def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None
                   overlap: int, batch_size: int, anchor: int | None = None,
                   origin: tuple[int, int] = (0, 0),
                   region: tuple[tuple[int, int], tuple[int, int]] | None = None,
-                  scene: tuple[int, int] | None = None) -> np.ndarray:
+                  scene: tuple[int, int] | None = None, blend: str = "ramp") -> np.ndarray:
     """Blended class probabilities (classes, H, W) of a normalised image (bands, H, W).
 
     ``origin`` is the (row, column) of the image's first pixel in the whole scene, in the
@@ -192,19 +201,21 @@ def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None
     ``region`` (``((row0, row1), (col0, col1))``) restricts the work to the tiles that touch
     it (a chunk's core inside its halo); probabilities outside it are then partial.
     ``scene`` (rows, columns), the whole scene's size, leaves out the tiles that would reach
-    into it only with the floor of their weights (see :func:`tile_starts`).
+    into it only with the floor of their weights (see :func:`tile_starts`). ``blend`` is one
+    of :data:`BLENDS`.
     """
     if tile_size is None:  # pixel models take the whole chunk at once
         return model.predict_proba(image[None])[0]
     stride = tile_size - overlap
     anchor = -overlap if anchor is None else anchor
     rows, cols = (tile_starts(image.shape[axis - 2], tile_size, stride, anchor, origin[axis],
-                              scene=None if scene is None else scene[axis]) for axis in (0, 1))
+                              scene=None if scene is None else scene[axis], blend=blend)
+                  for axis in (0, 1))
     if region is not None:
         rows = _touching(rows, tile_size, region[0])
         cols = _touching(cols, tile_size, region[1])
     sums = sum_tiles(model, image, rows=rows, cols=cols, tile_size=tile_size, overlap=overlap,
-                     batch_size=batch_size)
+                     batch_size=batch_size, blend=blend)
     total = np.zeros((sums.total.shape[0], *image.shape[-2:]), np.float64)
     weight = np.zeros(image.shape[-2:], np.float64)
     sums.add_to(total, weight, (0, 0))

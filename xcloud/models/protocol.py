@@ -18,8 +18,9 @@ class Normalization:
     """Per-band input normalisation applied to reflectance before the network.
 
     ``kind`` is ``"standard"`` ((x - offset) / scale, offset = mean, scale = std),
-    ``"minmax"`` ((x - offset) / scale, offset = min, scale = max - min, then clipped to [0, 1])
-    or ``"none"``.
+    ``"minmax"`` ((x - offset) / scale, offset = min, scale = max - min, then clipped to [0, 1]),
+    ``"minmax_floor"`` (the same, then values below 0 set to 0 and no upper clip: KappaMask's
+    DataGenerator) or ``"none"``.
     """
 
     kind: str = "none"
@@ -35,6 +36,8 @@ class Normalization:
         offset = np.asarray(self.offset, np.float32).reshape(shape)
         scale = np.asarray(self.scale, np.float32).reshape(shape)
         out = (x - offset) / scale
+        if self.kind == "minmax_floor":
+            return np.maximum(out, 0.0)
         return np.clip(out, 0.0, 1.0) if self.kind == "minmax" else out
 
 
@@ -45,7 +48,9 @@ class ModelInfo:
     ``resolution`` is the ground sampling distance (m) the model was trained at; ``tile_size``
     is its preferred tile in model pixels (``None`` for pixel models, which take any size);
     ``tile_overlap`` the overlap between tiles and ``tile_anchor`` where the scene-wide tile
-    lattice starts (default ``-tile_overlap``); ``halo`` is the context (model pixels) each
+    lattice starts (default ``-tile_overlap``); ``tile_blend`` how overlapping tiles are
+    blended (``"ramp"``, a raised-cosine ramp across the overlap, or ``"mean"``, equal weights
+    as a plain sliding-window average); ``halo`` is the context (model pixels) each
     chunk borrows from its neighbours, by default (``None``) the tile size plus 2: every tile
     that touches a chunk then lies inside the chunk's halo, so chunked results equal
     whole-image results exactly.
@@ -61,6 +66,7 @@ class ModelInfo:
     tile_overlap: int = 32
     halo: int | None = None
     tile_anchor: int | None = None
+    tile_blend: str = "ramp"
     level: str = "L1C"
     licence: str = ""
     weights_source: str = ""
