@@ -1,20 +1,31 @@
 """CloudSEN12 UNetMobV2: smp's layout, the smp-made fixture, checkpoints and the engine."""
 
+import json
+import pickle
+
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from torch import nn
 
 import xcloud
 from xcloud.errors import MissingWeightsError, WeightsError
 from xcloud.evaluation.schemes import CLOUDSEN12
-from xcloud.models.cloudsen12 import CLOUDSEN12_SCHEME, load_network, read_state_dict
-from xcloud.models.unet_mobilenet import UnetMobileNetV2
+from xcloud.models.cloudsen12 import (
+    CLOUDSEN12_SCHEME,
+    load_network,
+    pad_to_multiple,
+    read_state_dict,
+)
+from xcloud.models.unet_mobilenet import UnetMobileNetV2, UnetMobileNetV2Config
 from xcloud.synthetic import synthetic_scene
 
 from .conftest import need_data
+from .test_torchscript_archive import SideEffect, module_with_payload, rewrite_archive
 
 FIXTURE = "fixtures/cloudsen12_unetmobv2"
+ARCHIVE = "fixtures/cloudsen12_torchscript"
 L1C = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 
 
@@ -101,10 +112,14 @@ def test_scheme_is_cloudsen12s_label_coding():
     assert CLOUDSEN12_SCHEME.values == (0, 1, 2, 3)
 
 
-def test_prediction_without_weights_fails_at_the_call():
+def test_without_weights_the_published_file_is_fetched_or_the_fix_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("XCLOUD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("XCLOUD_WEIGHTS_URL", "http://127.0.0.1:9")  # a closed port: no network
     lazy = synthetic_scene(64, seed=0).chunk({"y": 32, "x": 32})
-    with pytest.raises(MissingWeightsError, match=r"not distributed with xcloud.*weights=PATH"):
-        xcloud.predict(lazy, model="cloudsen12-l1c")
+    for call in (lambda: xcloud.predict(lazy, model="cloudsen12-l1c"),
+                 lambda: xcloud.models.load("cloudsen12-l2a")):
+        with pytest.raises(MissingWeightsError, match=r"(?s)could not download.*weights=PATH"):
+            call()
 
 
 def test_predict_through_the_engine_equals_a_direct_call(checkpoint):
@@ -152,14 +167,120 @@ def test_checkpoints_that_do_not_fit_are_refused(checkpoint, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_files_that_are_not_state_dicts_are_refused(tmp_path):
-    torch.jit.script(nn.Conv2d(4, 4, 1)).save(str(tmp_path / "scripted.pt"))
-    with pytest.raises(WeightsError, match=r"TorchScript.*torch\.jit\.load\(PATH\)\.state_dict"):
-        read_state_dict(tmp_path / "scripted.pt")
+    conv = nn.Conv2d(4, 4, 1)
+    torch.jit.script(conv).save(str(tmp_path / "scripted.pt"))  # read, not run, not refused
+    tensors = read_state_dict(tmp_path / "scripted.pt")
+    assert tensors.keys() == {"weight", "bias"} and torch.equal(tensors["bias"], conv.bias)
+    with pytest.raises(WeightsError, match=r"missing decoder\.blocks\.0\.conv1\.0\.weight.*"
+                                           r"in_channels=4, classes=4"):
+        xcloud.models.load("cloudsen12-rgbn", weights=tmp_path / "scripted.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="weights-only torch file"):
         read_state_dict(tmp_path / "garbage.pt")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(WeightsError, match="holds a list, not a state_dict"):
         read_state_dict(tmp_path / "list.pt")
-    with pytest.raises(MissingWeightsError, match="does not exist"):
+    with pytest.raises(MissingWeightsError, match="no such file"):
         xcloud.models.load("cloudsen12-l2a", weights=tmp_path / "absent.pt")
+
+
+# -- the published TorchScript archives ('jit' models), read and never run ----------------------
+
+@pytest.fixture(scope="module")
+def archive():
+    """The fixture archive (smp Unet traced and saved as the authors' 'jit' models) and io.npz."""
+    folder = need_data(ARCHIVE)
+    with np.load(folder / "io.npz") as data:
+        reference = {name: data[name] for name in data.files}
+    return folder / "cloudsen12l2a.pt", reference, json.loads((folder / "meta.json").read_text())
+
+
+def test_decoder_channels_and_full_size_parameter_counts(archive):
+    meta = archive[2]["fixture"]
+    fixture = UnetMobileNetV2(12, 4, (32, 16, 16, 16, 16))
+    assert parameters(fixture) == meta["n_params_fixture"] == 2_664_036
+    assert parameters(UnetMobileNetV2(12, 4)) == meta["n_params_full_size"] == 6_631_972
+    full = UnetMobileNetV2(12, 4).state_dict()
+    assert list(fixture.state_dict()) == list(full)  # the same 374 names, in the same order
+    for entry in meta["shapes_that_differ_from_full_size"]:
+        assert tuple(full[entry["key"]].shape) == tuple(entry["full_size"]), entry["key"]
+        assert tuple(fixture.state_dict()[entry["key"]].shape) == tuple(entry["fixture"])
+    config = UnetMobileNetV2Config.from_state_dict(fixture.state_dict())
+    assert config == UnetMobileNetV2Config(12, 4, (32, 16, 16, 16, 16))
+    with pytest.raises(ValueError, match="decoder_channels must be 5"):
+        UnetMobileNetV2(12, 4, (32, 16))
+
+
+def test_published_archive_loads_and_gives_the_authors_logits_and_classes(archive):
+    path, reference, _ = archive
+    model = xcloud.models.load("cloudsen12-l2a", weights=path)
+    assert model.network.config == UnetMobileNetV2Config(12, 4, (32, 16, 16, 16, 16))
+    assert model.info.bands == tuple(reference_bands(archive))
+    logits = model.predict_logits(reference["x"])
+    assert logits.shape == reference["logits"].shape == (2, 4, 96, 96)
+    assert np.abs(logits - reference["logits"]).max() <= 5e-3  # measured 8.9e-5
+    proba = model.predict_proba(reference["x"])
+    expected = torch.softmax(torch.from_numpy(reference["logits"]), dim=1).numpy()
+    np.testing.assert_allclose(proba, expected, atol=1e-4)
+    classes = np.stack([model.classify(p) for p in proba])
+    assert (classes == reference["classes"]).mean() >= 0.999  # measured 1.0
+    assert np.bincount(classes.ravel(), minlength=4).min() > 0.1 * classes.size / 4
+
+
+def reference_bands(archive) -> list[str]:
+    return archive[2]["fixture"]["bands_in_channel_order"]
+
+
+def test_sizes_off_the_32_grid_are_reflect_padded_as_cdmodel_predict(archive):
+    path, reference, _ = archive
+    model = xcloud.models.load("cloudsen12-l2a", weights=path)
+    x_odd = reference["x_odd"]
+    padded, (rows, cols) = pad_to_multiple(x_odd[None])
+    assert padded.shape[-2:] == (96, 64) and (rows, cols) == (slice(12, 84), slice(6, 58))
+    np.testing.assert_array_equal(padded[0, :, 11, 6:58], x_odd[:, 1])  # edge not repeated
+    proba = model.predict_proba(x_odd[None])[0]
+    assert proba.shape == (4, 72, 52)
+    assert (model.classify(proba) == reference["classes_odd"]).mean() >= 0.999  # measured 1.0
+    tiny, (rows, cols) = pad_to_multiple(np.zeros((1, 1, 10, 33), np.float32))
+    assert tiny.shape[-2:] == (32, 64) and (rows, cols) == (slice(11, 21), slice(15, 48))
+
+
+def _scene(image: np.ndarray, bands) -> xr.Dataset:
+    height, width = image.shape[-2:]
+    coords = {"y": 5_800_000.0 - 10 * (np.arange(height) + 0.5),
+              "x": 500_000.0 + 10 * (np.arange(width) + 0.5)}
+    return xr.Dataset({b: (("y", "x"), image[i]) for i, b in enumerate(bands)}, coords=coords)
+
+
+def test_predict_on_a_dataset_gives_the_authors_classes(archive):
+    """Where the engine's tile is the authors' whole image (96 x 96: one tile, no overlap),
+    xcloud.predict gives CDModel.forward's classes."""
+    path, reference, _ = archive
+    bands = reference_bands(archive)
+    for image, expected in zip(reference["x"], reference["classes"], strict=True):
+        scene = _scene(image, bands)[bands[::-1]]  # bands are taken by name, not position
+        mask = xcloud.predict(scene, model="cloudsen12-l2a", weights=path, tile_size=96,
+                              tile_overlap=0)
+        assert mask.dtype == np.uint8 and mask.shape == expected.shape
+        assert (mask.values == expected).mean() >= 0.999  # measured 1.0
+
+
+def test_an_archive_of_other_bands_is_refused(archive):
+    path, _, _ = archive
+    with pytest.raises(WeightsError, match=r"12 input bands \(encoder\.features\.0\.0\.weight "
+                                           r"is \(32, 12, 3, 3\)\); this model takes 4"):
+        xcloud.models.load("cloudsen12-rgbn", weights=path)
+
+
+@pytest.mark.parametrize("member", ["data.pkl", "constants.pkl"])
+def test_an_archive_carrying_pickled_code_is_refused_and_the_code_never_runs(archive, member,
+                                                                              tmp_path):
+    path, _, _ = archive
+    marker = tmp_path / "payload-ran"
+    payload = (module_with_payload(marker) if member == "data.pkl"
+               else pickle.dumps((SideEffect(marker),), protocol=2))
+    evil = rewrite_archive(path, tmp_path / "cloudsen12l2a.pt", {member: payload})
+    for name in ("cloudsen12-l2a", "cloudsen12-l1c"):
+        with pytest.raises(WeightsError, match=r"names the global (builtins\.exec|posix\.mkdir)"):
+            xcloud.models.load(name, weights=evil)
+    assert not marker.exists()

@@ -20,25 +20,40 @@ name                   bands (channel order)                           published
 rather than the narrower B8A), cirrus (OLI B9 ~ S2 B10) and the two SWIR bands (B6, B7).
 
 Output channel ``k`` is CloudSEN12 class ``k`` (0 clear, 1 thick cloud, 2 thin cloud, 3 cloud
-shadow); no data gets 255. The networks take reflectance as it is (DN / 10000), without
-normalisation. Inference uses 512 px tiles (CloudSEN12's patch size) overlapping by 64 px: the
-blending ramp across the overlap down-weights tile borders, where the convolutions' zero padding
-and the 1/32 bottleneck make predictions least reliable.
+shadow), the order of the authors' ``CDModel.forward`` (uint8 argmax of the 4 logits);
+:meth:`CloudSEN12Model.predict_proba` gives their softmax, and no data gets 255. The networks
+take reflectance as it is (DN / 10000), without normalisation. Inference uses 512 px tiles
+(CloudSEN12's patch size) overlapping by 64 px: the blending ramp across the overlap
+down-weights tile borders, where the convolutions' zero padding and the 1/32 bottleneck make
+predictions least reliable. An input whose height or width is not a multiple of 32 is
+reflect-padded to the next multiple (at least 32; the pad split floor/ceil between the two
+sides) and the output cropped, as ``CDModel.predict`` (``padded_predict``) does.
 
-No weights ship with xcloud (CloudSEN12's are CC-BY-4.0, published elsewhere): pass
-``weights=PATH`` to a local file, either a torch state dict in smp's layout (a plain dict of
-tensors or a dict with ``"state_dict"``, keys optionally prefixed ``model.`` as in the
-published Lightning checkpoints; read with ``torch.load(weights_only=True)``, so nothing is
-unpickled) or a ``.safetensors`` file. Three of the published models are TorchScript archives,
-which xcloud does not run; in a trusted environment, convert them once with
-``torch.save(torch.jit.load(PATH).state_dict(), "state_dict.pt")``.
+No weights ship with xcloud (CloudSEN12's are CC-BY-NC-4.0, published on Hugging Face,
+``isp-uv-es/cloudsen12_models``). Without ``weights=`` each variant fetches its default
+published file into the weights cache (:func:`~xcloud.models.fetch.resolve_weights`:
+``UNetMobV2_V2.pt``, ``cloudsen12-s2-l2a-1.0.0.pt``, ``dtacs4bands.pt``, ``landsat30.pt``);
+``weights=PATH`` takes a local file, one of
+
+- the published TorchScript archives (``cloudsen12l2a.pt``, ``dtacs4bands.pt``,
+  ``landsat30.pt``). Their tensors are *read, not run*:
+  :func:`~xcloud.models.torchscript_archive.read_torchscript_tensors` unpickles only tensors
+  and inert placeholders (any other global is refused) and never compiles or runs the
+  archive's code, unlike ``torch.jit.load``; the tensors go into xcloud's own network;
+- a torch state dict in smp's layout (a plain dict of tensors or a dict with
+  ``"state_dict"``, keys optionally prefixed ``model.`` as in the published Lightning
+  checkpoints ``cloudsen12.pt``, ``UNetMobV2_V1.pt``, ``UNetMobV2_V2.pt``), read with
+  ``torch.load(weights_only=True)``;
+- a ``.safetensors`` file.
+
+The input bands and the decoder widths are read off the tensors' shapes (smp's
+``decoder_channels``); the bands must match the variant's.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,9 +63,11 @@ import torch
 from ..errors import MissingWeightsError, WeightsError
 from ._checkpoint import load_state, read_checkpoint
 from .classes import ClassScheme, CloudClass
+from .fetch import resolve_weights
 from .protocol import BaseCloudModel, ModelInfo, Normalization
 from .registry import ModelEntry, register
-from .unet_mobilenet import UnetMobileNetV2
+from .torchscript_archive import is_torchscript_archive, read_torchscript_tensors
+from .unet_mobilenet import UnetMobileNetV2, UnetMobileNetV2Config
 
 __all__ = [
     "CLOUDSEN12_BANDS",
@@ -58,6 +75,7 @@ __all__ = [
     "CLOUDSEN12_SCHEME",
     "CloudSEN12Model",
     "load_network",
+    "pad_to_multiple",
     "read_state_dict",
 ]
 
@@ -92,6 +110,7 @@ _DESCRIPTIONS = {
 }
 _TILE_SIZE = 512
 _TILE_OVERLAP = 64
+_MULTIPLE = 32
 _PREFIX = "model."
 _REFERENCES = (
     "Aybar et al. 2022, CloudSEN12, a global dataset for semantic understanding of cloud and "
@@ -101,26 +120,18 @@ _REFERENCES = (
 )
 _NO_WEIGHTS = (
     "CloudSEN12 weights are not distributed with xcloud; download a published UNetMobV2 "
-    "checkpoint elsewhere and pass weights=PATH ({name} takes a torch state_dict in "
-    "segmentation_models_pytorch's Unet(encoder_name='mobilenet_v2') layout, {n} input bands "
-    "in the order {bands}, 4 classes; .pt/.pth/.ckpt or .safetensors)"
+    "model (Hugging Face isp-uv-es/cloudsen12_models{published}) and pass weights=PATH "
+    "({name} takes a TorchScript archive as published, whose tensors are read and never run, "
+    "or a torch state_dict in segmentation_models_pytorch's Unet(encoder_name='mobilenet_v2') "
+    "layout; {n} input bands in the order {bands}, 4 classes; .pt/.pth/.ckpt or .safetensors)"
 )
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+_PUBLISHED = {"l1c": "cloudsen12.pt, UNetMobV2_V1.pt or UNetMobV2_V2.pt",
+              "l2a": "cloudsen12l2a.pt", "rgbn": "dtacs4bands.pt", "landsat": "landsat30.pt"}
 
 
 def _read_torch(path: Path, map_location: str) -> Mapping[str, object]:
-    if _is_torchscript(path):
-        raise WeightsError(
-            f"{path} is a TorchScript archive, which xcloud does not run; in a trusted "
-            "environment convert it once with torch.save(torch.jit.load(PATH).state_dict(), "
-            "'state_dict.pt') and pass that file"
-        )
+    if is_torchscript_archive(path):
+        return read_torchscript_tensors(path, map_location=map_location)
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
@@ -143,8 +154,10 @@ def read_state_dict(path: str | os.PathLike[str], *,
     Parameters
     ----------
     path
-        ``.safetensors``, or a torch file (any other suffix) holding a state dict or a dict
-        with ``"state_dict"`` (Lightning checkpoints); read with ``weights_only=True``.
+        ``.safetensors``; a TorchScript archive (its parameters and buffers by state-dict
+        name, read by :func:`~xcloud.models.torchscript_archive.read_torchscript_tensors`,
+        nothing in it is run); or a torch file (any other suffix) holding a state dict or a
+        dict with ``"state_dict"`` (Lightning checkpoints), read with ``weights_only=True``.
     map_location
         Device the tensors are loaded to.
 
@@ -153,7 +166,7 @@ def read_state_dict(path: str | os.PathLike[str], *,
     MissingWeightsError
         The file does not exist.
     WeightsError
-        It cannot be read as either, or it is a TorchScript archive.
+        It cannot be read as any of these, or its pickle names anything but tensors.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -171,19 +184,49 @@ def load_network(path: str | os.PathLike[str], *, in_channels: int,
                  map_location: str = "cpu") -> UnetMobileNetV2:
     """A :class:`UnetMobileNetV2` (4 classes, eval mode) with the weights of ``path``.
 
-    Keys and shapes must match exactly (``strict=True``); :class:`WeightsError` names those
-    that do not.
+    The decoder widths are read off the tensors' shapes (smp's ``decoder_channels``); the
+    input bands must be ``in_channels``. Keys and shapes must then match exactly
+    (``strict=True``); :class:`WeightsError` names those that do not.
     """
-    network = UnetMobileNetV2(in_channels, 4).to(map_location)
+    path = Path(path).expanduser()
     tensors = read_state_dict(path, map_location=map_location)
+    config = UnetMobileNetV2Config.from_state_dict(tensors)
+    stem = tensors.get("encoder.features.0.0.weight")
+    if config.in_channels != in_channels and isinstance(stem, torch.Tensor):
+        raise WeightsError(
+            f"weights={path} is a network of {config.in_channels} input bands "
+            f"(encoder.features.0.0.weight is {tuple(stem.shape)}); this model takes "
+            f"{in_channels}: pass a state_dict of segmentation_models_pytorch's Unet("
+            f"encoder_name='mobilenet_v2', in_channels={in_channels}, classes=4)")
+    network = UnetMobileNetV2(in_channels, 4, config.decoder_channels).to(map_location)
     try:
-        load_state(network, tensors, source=Path(path))
+        load_state(network, tensors, source=path)
     except WeightsError as error:
         raise WeightsError(
-            f"{error}; pass a state_dict of segmentation_models_pytorch's Unet(encoder_name="
-            f"'mobilenet_v2', in_channels={in_channels}, classes=4)"
+            f"{error}; pass weights= a state_dict of segmentation_models_pytorch's Unet("
+            f"encoder_name='mobilenet_v2', in_channels={in_channels}, classes=4)"
         ) from None
     return network.eval()
+
+
+def pad_to_multiple(batch: np.ndarray, multiple: int = _MULTIPLE
+                    ) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """``batch`` (N, C, H, W) reflect-padded so that H and W are multiples of ``multiple``.
+
+    As the authors' ``padded_predict``: each axis grows to the next multiple (at least
+    ``multiple``), the pad split ``floor`` before and ``ceil`` after, mirrored without
+    repeating the edge pixel (``numpy.pad(mode="reflect")``). Returns the padded batch and
+    the (rows, columns) slices that crop an output back to H x W.
+    """
+    pads, crops = [(0, 0), (0, 0)], []
+    for length in batch.shape[-2:]:
+        total = max(multiple, -(-length // multiple) * multiple) - length
+        before = total // 2
+        pads.append((before, total - before))
+        crops.append(slice(before, before + length))
+    if any(after or before for before, after in pads):
+        batch = np.pad(batch, pads, mode="reflect")
+    return batch, (crops[0], crops[1])
 
 
 class CloudSEN12Model(BaseCloudModel):
@@ -195,12 +238,23 @@ class CloudSEN12Model(BaseCloudModel):
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 4, H, W) of reflectance (N, bands, H, W), in float32."""
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N, 4, H, W) of reflectance (N, bands, H, W), in float32.
+
+        An H or W that is not a multiple of 32 is reflect-padded and the output cropped
+        (:func:`pad_to_multiple`), as the authors' ``CDModel.predict``.
+        """
+        padded, (rows, cols) = pad_to_multiple(np.asarray(batch, dtype=np.float32))
         with torch.inference_mode():
-            tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            logits = self.network(tensor.to(self.device))
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            tensor = torch.from_numpy(np.ascontiguousarray(padded))
+            logits = self.network(tensor.to(self.device)).float()
+            return logits[:, :, rows, cols].cpu().numpy()
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 4, H, W) of reflectance (N, bands, H, W): the softmax of
+        :meth:`predict_logits`, channels in the authors' class order."""
+        logits = torch.from_numpy(self.predict_logits(batch))
+        return torch.softmax(logits, dim=1).numpy()
 
 
 def _info(variant: str, *, version: str, weights_source: str) -> ModelInfo:
@@ -214,7 +268,7 @@ def _info(variant: str, *, version: str, weights_source: str) -> ModelInfo:
         tile_size=_TILE_SIZE,
         tile_overlap=_TILE_OVERLAP,
         level=_LEVELS[variant],
-        licence="weights: CC-BY-4.0 (CloudSEN12), not shipped; code: Apache-2.0",
+        licence="weights: CC-BY-NC-4.0 (CloudSEN12 model card), not shipped; code: Apache-2.0",
         weights_source=weights_source,
         needs_weights_file=True,
         description=f"CloudSEN12 UNetMobV2, {_DESCRIPTIONS[variant]}: clear, thick cloud, "
@@ -229,10 +283,11 @@ def _load_model(variant: str, weights: str | os.PathLike[str] | None, device: st
         raise ValueError(f"CloudSEN12 models run on torch: runtime must be 'auto' or 'torch', "
                          f"not {runtime!r}")
     bands = CLOUDSEN12_BANDS[variant]
-    if weights is None:
-        raise MissingWeightsError(_NO_WEIGHTS.format(name=f"cloudsen12-{variant}",
-                                                     n=len(bands), bands=", ".join(bands)))
-    path = Path(weights).expanduser()
+    path = resolve_weights(f"cloudsen12-{variant}", weights)  # None: fetch the published one
+    if path is None:
+        raise MissingWeightsError(_NO_WEIGHTS.format(
+            name=f"cloudsen12-{variant}", published=f": {_PUBLISHED[variant]}",
+            n=len(bands), bands=", ".join(bands)))
     network = load_network(path, in_channels=len(bands))
     info = _info(variant, version=f"UNetMobV2 ({path.name})", weights_source=str(path))
     return CloudSEN12Model(network, info, device=device)
@@ -244,7 +299,9 @@ def _entry(variant: str) -> ModelEntry:
         return _load_model(variant, weights, device, runtime)
 
     info = _info(variant, version="UNetMobV2 architecture (no weights shipped)",
-                 weights_source="none shipped: pass weights=PATH (a state_dict in smp's layout)")
+                 weights_source="not shipped: the published file, fetched on first use, or "
+                                "weights=PATH (the TorchScript archive or a state_dict in "
+                                "smp's layout)")
     return ModelEntry(info=info, loader=load)
 
 

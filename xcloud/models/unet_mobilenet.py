@@ -4,9 +4,11 @@ The module and parameter names follow ``smp.Unet(encoder_name="mobilenet_v2")``:
 torchvision's ``MobileNetV2.features`` (``encoder.features.N...``; the classifier is dropped,
 the first convolution takes ``in_channels`` bands), the decoder is smp's U-Net decoder
 (``decoder.blocks.i.conv1/conv2``, each a 3x3 convolution, batch norm and ReLU; no attention,
-no centre block, channels 256, 128, 64, 32, 16) and ``segmentation_head.0`` a 3x3 convolution
-to the classes, without activation. State dicts of such networks, as the published CloudSEN12
-UNetMobV2 checkpoints are, load with ``strict=True``.
+no centre block; output channels ``decoder_channels``, smp's default 256, 128, 64, 32, 16) and
+``segmentation_head.0`` a 3x3 convolution to the classes, without activation. State dicts of
+such networks, as the published CloudSEN12 UNetMobV2 checkpoints are, load with
+``strict=True``; :meth:`UnetMobileNetV2Config.from_state_dict` reads the construction
+arguments off a state dict's shapes.
 
 The decoder starts from the 1280-channel output at 1/32 and, five times, upsamples x2 (nearest),
 concatenates the encoder output of that size (96 channels at 1/16, 32 at 1/8, 24 at 1/4, 16 at
@@ -19,14 +21,15 @@ first convolution's 32 3x3 kernels).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .unet_efficientnet import _Decoder
-
-__all__ = ["DECODER_CHANNELS", "ENCODER_CHANNELS", "UnetMobileNetV2", "UnetMobileNetV2Config"]
+__all__ = ["DECODER_CHANNELS", "ENCODER_CHANNELS", "UnetMobileNetV2", "UnetMobileNetV2Config",
+           "mobilenet_v2_features"]
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 """Output channels of the five decoder blocks (smp's default)."""
@@ -45,14 +48,43 @@ _MULTIPLE = 32
 
 @dataclass(frozen=True)
 class UnetMobileNetV2Config:
-    """Input bands and output classes of a :class:`UnetMobileNetV2`."""
+    """Input bands, output classes and decoder widths of a :class:`UnetMobileNetV2`."""
 
     in_channels: int
     n_classes: int
+    decoder_channels: tuple[int, ...] = DECODER_CHANNELS
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.n_classes < 1:
             raise ValueError(f"in_channels and n_classes must be >= 1, got {self}")
+        if len(self.decoder_channels) != len(ENCODER_CHANNELS) or min(
+                self.decoder_channels) < 1:
+            raise ValueError(f"decoder_channels must be {len(ENCODER_CHANNELS)} positive "
+                             f"widths, got {self.decoder_channels}")
+
+    @classmethod
+    def from_state_dict(cls, tensors: Mapping[str, torch.Tensor]) -> UnetMobileNetV2Config:
+        """The configuration whose network has the shapes of ``tensors`` (smp's names).
+
+        ``in_channels`` from ``encoder.features.0.0.weight``, each decoder width from
+        ``decoder.blocks.i.conv1.0.weight`` (else ``conv2``), ``n_classes`` from
+        ``segmentation_head.0.weight``; what a state dict lacks keeps smp's default (4
+        classes, 13 bands), so that loading it then names the missing keys.
+        """
+        def rows(name: str, axis: int = 0) -> int | None:
+            tensor = tensors.get(name)
+            if isinstance(tensor, torch.Tensor) and tensor.ndim == 4:
+                return int(tensor.shape[axis])
+            return None
+
+        widths = []
+        for index, default in enumerate(DECODER_CHANNELS):
+            width = rows(f"decoder.blocks.{index}.conv1.0.weight")
+            width = width or rows(f"decoder.blocks.{index}.conv2.0.weight")
+            widths.append(width or default)
+        return cls(in_channels=rows("encoder.features.0.0.weight", 1) or 13,
+                   n_classes=rows("segmentation_head.0.weight") or 4,
+                   decoder_channels=tuple(widths))
 
 
 def _conv_bn_relu6(in_channels: int, out_channels: int, kernel: int = 1, stride: int = 1,
@@ -85,7 +117,12 @@ class _InvertedResidual(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-def _features(in_channels: int) -> nn.Sequential:
+def mobilenet_v2_features(in_channels: int) -> nn.Sequential:
+    """torchvision's ``MobileNetV2(...).features`` (``0`` .. ``18``) taking ``in_channels`` bands.
+
+    Output stride 32 and 1280 channels; the stages that smp's encoder returns end after
+    features 1, 3, 6, 13 and 18.
+    """
     layers: list[nn.Module] = [_conv_bn_relu6(in_channels, _STEM_CHANNELS, 3, 2)]
     channels = _STEM_CHANNELS
     for expansion, out_channels, repeats, stride in _INVERTED_RESIDUALS:
@@ -102,7 +139,7 @@ class _MobileNetV2Encoder(nn.Module):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
-        self.features = _features(in_channels)
+        self.features = mobilenet_v2_features(in_channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs, start = [], 0
@@ -111,6 +148,47 @@ class _MobileNetV2Encoder(nn.Module):
             outputs.append(x)
             start = end
         return outputs
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """smp's ``Conv2dReLU``: 3x3 convolution without bias, batch norm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _DecoderBlock(nn.Module):
+    """Upsample x2 (nearest), concatenate the skip (if any), two 3x3 conv-BN-ReLU."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_relu(in_channels + skip_channels, out_channels)
+        self.conv2 = _conv_bn_relu(out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class _UnetDecoder(nn.Module):
+    """smp's U-Net decoder over the five encoder stages (no centre block, no attention)."""
+
+    def __init__(self, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        inputs = (ENCODER_CHANNELS[-1], *channels[:-1])
+        skips = (*reversed(ENCODER_CHANNELS[:-1]), 0)
+        self.blocks = nn.ModuleList(
+            _DecoderBlock(i, s, o) for i, s, o in zip(inputs, skips, channels, strict=True))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x, skips = features[-1], features[-2::-1]
+        for index, block in enumerate(self.blocks):
+            x = block(x, skips[index] if index < len(skips) else None)
+        return x
 
 
 class UnetMobileNetV2(nn.Module):
@@ -122,22 +200,24 @@ class UnetMobileNetV2(nn.Module):
         Input bands (13 for CloudSEN12's L1C model).
     n_classes
         Output channels (4 for CloudSEN12: clear, thick cloud, thin cloud, cloud shadow).
+    decoder_channels
+        Output channels of the five decoder blocks (smp's ``decoder_channels``).
 
     Notes
     -----
     Height and width of the input must be multiples of 32. ``state_dict`` keys and shapes are
     those of ``segmentation_models_pytorch.Unet(encoder_name="mobilenet_v2",
-    in_channels=in_channels, classes=n_classes)``.
+    in_channels=in_channels, classes=n_classes, decoder_channels=decoder_channels)``.
     """
 
-    def __init__(self, in_channels: int, n_classes: int = 4) -> None:
+    def __init__(self, in_channels: int, n_classes: int = 4,
+                 decoder_channels: tuple[int, ...] = DECODER_CHANNELS) -> None:
         super().__init__()
-        self.config = UnetMobileNetV2Config(in_channels, n_classes)
+        self.config = UnetMobileNetV2Config(in_channels, n_classes, tuple(decoder_channels))
         self.encoder = _MobileNetV2Encoder(in_channels)
-        skips = list(reversed(ENCODER_CHANNELS[:-1]))
-        self.decoder = _Decoder(skips, ENCODER_CHANNELS[-1], DECODER_CHANNELS)
+        self.decoder = _UnetDecoder(self.config.decoder_channels)
         self.segmentation_head = nn.Sequential(
-            nn.Conv2d(DECODER_CHANNELS[-1], n_classes, 3, padding=1)
+            nn.Conv2d(self.config.decoder_channels[-1], n_classes, 3, padding=1)
         )
 
     def _check_input(self, x: torch.Tensor) -> None:
