@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from xcloud.errors import DatasetError, UnknownModelError
-from xcloud.models.segformer import SegformerForSemanticSegmentation, segformer_b0
-from xcloud.models.sensei import band_descriptors, load_checkpoint, sensei_v2
+from xcloud.models.segformer import segformer_b0
+from xcloud.models.sensei import band_descriptors, sensei_v2
+from xcloud.models.sensei_encoder import HeadSpec
+from xcloud.models.sensei_published import load_checkpoint
 from xcloud.training.kappaset import synthetic_kappaset
 from xcloud.training.partial import (
     FMSC,
@@ -225,7 +227,9 @@ def test_train_dispatches_partial_labels_and_kappaset_to_sensei(tmp_path):
     assert {"val_loss_kappaset", "val_loss_synthetic-a", "train_aux"} <= set(result.best)
     assert result.history[0]["train_aux"] > 0
     network, meta = load_checkpoint(checkpoint)
-    assert meta.head == "segformer-b0" and meta.extra["epoch"] == result.best["epoch"]
+    assert network.head_spec.kind == "segformer" and network.recovery_module is not None
+    assert network.segmenter.config.hidden_sizes == (32, 64, 160, 256)  # B0
+    assert meta.extra["epoch"] == result.best["epoch"]
     assert meta.extra["datasets"]["kappaset"]["scheme"] == "kappaset"
     assert evaluate_partial(network, a, device="cpu").total == 4 * 32 * 32
     with pytest.raises(UnknownModelError, match="sensei-v2-<head>"):
@@ -240,15 +244,22 @@ TRAINING = {"epochs": 24, "batch_size": 4, "learning_rate": 5e-3, "device": "cpu
 
 
 def _tiny_sensei() -> torch.nn.Module:
-    """SEnSeI-v2 with a small encoder and a shrunk SegFormer-B0 head (186 k parameters)."""
+    """SEnSeI-v2 as released with a small encoder, a recovery module and a shrunk SegFormer-B0
+    head."""
     torch.manual_seed(0)
-    model = sensei_v2("segformer-b0", descriptor_layers=(32, 32), attention_layers=1,
-                      attention_heads=2, feedforward=64, embedding_channels=8,
-                      embedding_hidden=(16,), decoder_hidden=16, dropout=0.0)
-    model.head = SegformerForSemanticSegmentation(segformer_b0(
-        8, 7, depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 32, 64), decoder_hidden_size=32,
-        num_attention_heads=(1, 1, 1, 1)))
-    return model
+    sensei = {"descriptors": {"style": "SEnSeIv2", "N_embeddings": 32, "final_size": 74},
+              "blocks": [
+                  {"type": "GLOBAL_STATS", "percentiles": [0.01, 0.1, 0.5, 0.9, 0.99]},
+                  {"type": "FCL", "layer_sizes": [32, 32], "skips": True},
+                  {"type": "ATTENTION", "num_transformerencoders": 1, "num_heads": 2,
+                   "dims_per_head": 16, "intermediate_size": 64, "dropout": 0.0,
+                   "skips": True},
+                  {"type": "BAND_EMBEDDING", "embedding_dims": 8, "head_layer_sizes": [16],
+                   "skips_heads": True, "normalize": True}]}
+    head = segformer_b0(8, 7, depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 32, 64),
+                        decoder_hidden_size=32, num_attention_heads=(1, 1, 1, 1)).to_dict()
+    return sensei_v2(HeadSpec("segformer", head), sensei_config=sensei,
+                     recovery={"preconcatenation_layer_sizes": [16], "sampling_rate": 4})
 
 
 @pytest.fixture(scope="module")

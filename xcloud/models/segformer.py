@@ -58,6 +58,7 @@ __all__ = [
     "segformer_b0",
     "segformer_b2",
     "segformer_config",
+    "segformer_current_key",
     "upsample_logits",
 ]
 
@@ -250,6 +251,18 @@ def _legacy_head_key(key: str) -> str | None:
     """Current name of a ``transformers`` 4 decode-head key (relative to ``decode_head.``)."""
     match = _LEGACY_HEAD.fullmatch(key)
     return f"linear_projections.{match[1]}.{match[2]}" if match else None
+
+
+def segformer_current_key(key: str) -> str:
+    """The current name of a :class:`SegformerForSemanticSegmentation` key: a
+    ``transformers`` 4 key (``segformer.encoder.block.0.0.layer_norm_1.weight``,
+    ``decode_head.linear_c.0.proj.weight``) renamed, any other key unchanged."""
+    for prefix, rename in (("segformer.", _legacy_encoder_key),
+                           ("decode_head.", _legacy_head_key)):
+        if key.startswith(prefix):
+            new = rename(key[len(prefix):])
+            return key if new is None else prefix + new
+    return key
 
 
 def _rename_legacy_keys(rename: Callable[[str], str | None], module: nn.Module,

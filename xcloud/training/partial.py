@@ -44,12 +44,15 @@ was not at hand to check these choices against, so pass your own :class:`Partial
 where your data say otherwise.
 
 Training: :func:`train_partial` fits a model whose forward is ``model(image (N, B, H, W),
-descriptors (N, B, D)) -> logits (N, 7, H, W)`` (SEnSeI-v2,
-:func:`xcloud.models.sensei.sensei_v2`) with the ambiguous cross-entropy, Adam, the learning
+descriptors (N, B, D)) -> logits (N, 7, H, W)`` (SEnSeI-v2 as the authors released it,
+:func:`xcloud.models.sensei.sensei_v2`: the network their published weights load into, so
+xcloud-trained and published models are one architecture) with the ambiguous cross-entropy,
+Adam, the learning
 rate reduced on a plateau and optional early stopping. Each data set brings its scheme, its
 bands and their descriptors; a batch mixes images of all data sets, those with fewer bands
 padded and masked out (``band_mask``), so that batch norm sees at training what it sees at
-inference. SEnSeI-v2's auxiliary decoder adds its reconstruction MSE (``aux_weight``), and
+inference. SEnSeI-v2's recovery module (when the network has one) adds its reconstruction
+MSE (``aux_weight``), and
 batch-norm statistics are re-estimated after each epoch. :func:`xcloud.training.train.train`
 (``xcloud.train``) dispatches to :func:`fit_partial` when given :class:`PartialLabelDataset`
 (s) or a ``model="sensei-v2..."``; KappaSet folders then join in with :data:`KAPPASET`.
@@ -574,7 +577,6 @@ def synthetic_partial_datasets(
 class _Setup:
     device: Any
     aux_weight: float
-    aux_stride: int
     batch_size: int
     mix: bool
     recalibrate: bool
@@ -663,24 +665,39 @@ def _batch(datasets: Sequence[PartialLabelDataset], pairs: np.ndarray, device: A
 
 
 def _losses(model: Any, batch: _Batch, setup: _Setup) -> tuple[Any, Any]:
-    """Ambiguous cross-entropy and, for SEnSeI-v2 (``encoder.reconstruction_loss``), the
-    reconstruction MSE of the auxiliary decoder from the same embedding."""
+    """Ambiguous cross-entropy and, for SEnSeI-v2 with a recovery module
+    (``forward_with_recovery``), the recovery MSE from the same embedding."""
     from .losses import ambiguous_cross_entropy
 
-    encoder = getattr(model, "encoder", None)
-    if not setup.aux_weight or not hasattr(encoder, "reconstruction_loss"):
-        logits = model(batch.image, batch.descriptors, **batch.options)
-        return ambiguous_cross_entropy(logits, batch.multi_hot), logits.new_zeros(())
-    embedding = encoder(batch.image, batch.descriptors, **batch.options)
-    aux = encoder.reconstruction_loss(embedding, batch.image, batch.descriptors,
-                                      stride=setup.aux_stride, **batch.options)
-    return ambiguous_cross_entropy(model.segment(embedding), batch.multi_hot), aux
+    if setup.aux_weight and getattr(model, "recovery_module", None) is not None:
+        logits, aux = model.forward_with_recovery(batch.image, batch.descriptors,
+                                                  **batch.options)
+        return ambiguous_cross_entropy(logits, batch.multi_hot), aux
+    logits = model(batch.image, batch.descriptors, **batch.options)
+    return ambiguous_cross_entropy(logits, batch.multi_hot), logits.new_zeros(())
+
+
+def _device(name: str) -> Any:
+    """The torch device ``name`` (``"auto"``: CUDA when present)."""
+    import torch
+
+    from ..engine.device import resolve_device
+
+    return torch.device(resolve_device(name))
+
+
+def _progress(iterable: Any, *, show: bool, description: str) -> Iterator[Any]:
+    """``iterable``, with a tqdm bar when ``show`` and tqdm is installed."""
+    if show:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            show = False
+    yield from (tqdm(iterable, desc=description, leave=False) if show else iterable)
 
 
 def _train_epoch(model: Any, datasets: Sequence[PartialLabelDataset], optimizer: Any,
                  setup: _Setup, rng: np.random.Generator, epoch: int) -> dict[str, float]:
-    from .train import _progress
-
     model.train()
     totals = np.zeros(2)
     plan = _plan(datasets, setup.batch_size, rng, mix=setup.mix)
@@ -751,7 +768,8 @@ def _save(path: Path, model: Any, history: list[dict[str, float]],
     """SEnSeI-v2 with :func:`~xcloud.models.sensei.save_checkpoint`, other models as a dict."""
     import torch
 
-    from ..models.sensei import SEnSeIv2, save_checkpoint
+    from ..models.sensei_encoder import SEnSeIv2
+    from ..models.sensei_published import save_checkpoint
 
     extra = {"epoch": history[-1]["epoch"], "history": history, "classes": list(TARGET_CLASSES),
              "datasets": {d.name: {"scheme": d.scheme.name, "bands": list(d.bands)}
@@ -770,7 +788,6 @@ def train_partial(
     batch_size: int = 8,
     learning_rate: float = 1e-3,
     aux_weight: float = 0.1,
-    aux_stride: int = 1,
     mix: bool = True,
     recalibrate_bn: bool = True,
     val_fraction: float = 0.0,
@@ -789,9 +806,8 @@ def train_partial(
     model
         A torch module: ``model(image (N, B, H, W), descriptors (1, B, D))`` gives logits
         ``(N, 7, H, W)`` in :data:`TARGET_CLASSES` order, e.g.
-        :func:`xcloud.models.sensei.sensei_v2`. A model with ``encoder`` and ``segment``
-        whose encoder has ``reconstruction_loss`` (SEnSeI-v2) adds its auxiliary decoder's
-        reconstruction MSE.
+        :func:`xcloud.models.sensei.sensei_v2`. SEnSeI-v2 built with a recovery module
+        (``recovery=``) adds its recovery MSE (bands sampled at its ``sampling_rate``).
     datasets
         :class:`PartialLabelDataset` (s), each with its scheme, bands and band descriptors
         (KappaSet folders or data sets are read with :meth:`PartialLabelDataset.from_kappaset`).
@@ -806,8 +822,8 @@ def train_partial(
         that validation, checkpoints and inference in eval mode see them.
     epochs, batch_size, learning_rate
         Training length, images per batch and Adam's learning rate.
-    aux_weight, aux_stride
-        Weight of the reconstruction MSE (0: not computed) and its pixel subsampling.
+    aux_weight
+        Weight of the recovery MSE (0: not computed).
     val_fraction
         Part of each data set held out for validation (``val_loss``: mean over the data sets
         of their mean ambiguous cross-entropy); 0 validates on nothing.
@@ -817,7 +833,7 @@ def train_partial(
         monitored loss is ``val_loss`` if there is validation data, else ``train_loss``.
     checkpoint
         Where to save the weights of the best epoch: SEnSeI-v2 with
-        :func:`xcloud.models.sensei.save_checkpoint` (``extra`` holds the history and the
+        :func:`xcloud.models.sensei_published.save_checkpoint` (``extra`` holds the history and the
         data sets' schemes and bands), another model as ``{"model": state_dict, "meta":
         json}`` for ``torch.load(weights_only=True)``.
     device, seed, progress
@@ -832,12 +848,10 @@ def train_partial(
         when validating, ``learning_rate``.
     """
     torch = import_optional("torch", extra="training")
-    from .train import _device
-
     torch.manual_seed(seed)
     splits = [d.split(val_fraction, seed=seed) for d in _as_datasets(datasets)]
-    setup = _Setup(_device(device), float(aux_weight), aux_stride, batch_size, mix,
-                   recalibrate_bn, progress)
+    setup = _Setup(_device(device), float(aux_weight), batch_size, mix, recalibrate_bn,
+                   progress)
     model = model.to(setup.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=lr_factor,
@@ -879,9 +893,7 @@ def evaluate_partial(model: Any, dataset: PartialLabelDataset, *, batch_size: in
     """
     from ..evaluation.metrics import ConfusionMatrix
     from .losses import multi_hot_to_labels
-    from .train import _device
-
-    setup = _Setup(_device(device), 0.0, 1, batch_size, False, False, False)
+    setup = _Setup(_device(device), 0.0, batch_size, False, False, False)
     matrix = ConfusionMatrix(N_TARGETS, ignore_index=N_TARGETS, class_names=TARGET_CLASSES)
     model = model.to(setup.device)
     for indices, batch, logits in _predictions(model, dataset, setup):
@@ -898,14 +910,14 @@ def _network(model: Any, seed: int) -> Any:
     import torch
 
     from ..errors import UnknownModelError
-    from ..models.sensei import HEADS, sensei_v2
+    from ..models.sensei import DEFAULT_RECOVERY, HEADS, sensei_v2
 
     head = model.removeprefix("sensei-v2").removeprefix("-") or HEADS[0]
     if not model.startswith("sensei-v2") or head not in HEADS:
         raise UnknownModelError(f"partial-label training builds 'sensei-v2' or 'sensei-v2-<head>' "
                                 f"(heads: {', '.join(HEADS)}), not {model!r}; or pass a module")
     torch.manual_seed(seed)
-    return sensei_v2(head)
+    return sensei_v2(head, recovery=DEFAULT_RECOVERY)
 
 
 def fit_partial(
