@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet_mobilenet import UnetMobileNetV2
+from .unet_mobilenet import mobilenet_v2_features
 
 __all__ = [
     "ENCODERS",
@@ -168,9 +168,7 @@ class MobileNetV2Backbone(nn.Module):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
-        # unet_mobilenet keeps its encoder class private: take the layers from a U-Net (its
-        # decoder is dropped); build the encoder directly once it is public
-        self.features = UnetMobileNetV2(in_channels, 1).encoder.features
+        self.features = mobilenet_v2_features(in_channels)
 
     def stages(self) -> list[nn.Module]:
         """smp's stages 1 .. 5 (slices of ``features``, sharing its modules)."""
