@@ -246,7 +246,7 @@ def test_mean_blend_is_a_plain_sliding_window_average(chunks):
     image = scene.values
     total = np.zeros((3, 300, 300))
     count = np.zeros((300, 300))
-    inside = [s for s in range(anchor, 300, stride) if 0 <= s and s + tile <= 300]
+    inside = [s for s in range(anchor, 300, stride) if s >= 0 and s + tile <= 300]
     for y in inside:
         for x in inside:
             total[:, y:y + tile, x:x + tile] += model.predict_proba(

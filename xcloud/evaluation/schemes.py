@@ -29,9 +29,11 @@ the meanings too, see :meth:`LabelScheme.kappamask_class`.
 
 Sources and caveats:
 
-- ``kappamask`` is the KappaSet label coding (0 missing .. 5 undefined), a superset of the
-  KappaMask models' output; KappaZeta's ``km_predict`` GeoTIFFs write 5 for missing instead,
-  so register a scheme for those.
+- ``kappamask`` is the KappaSet label coding (0 missing .. 5 undefined).
+  ``kappamask-km-predict`` is the coding of the KappaMask models' masks, km_predict's product
+  coding (mask value = network channel): 0 undefined, 1 clear, 2 cloud shadow,
+  3 semi-transparent cloud, 4 cloud, 5 missing (km_predict's GeoTIFF mosaic writes its
+  undefined pixels as 3 by mistake; xcloud keeps 0).
 - Sen2Cor SCL 1 (saturated or defective) -> missing and 7 (unclassified) -> clear, and the
   value codes of ``cmix``, were not checked against the paper's text: pass your own
   :class:`LabelScheme` if your data say otherwise.
@@ -49,7 +51,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, XcloudError
-from ..models.classes import S2CLOUDLESS_SCHEME, UKIS_SCHEME, ClassScheme
+from ..models.classes import (
+    KAPPAMASK_SCHEME,
+    S2CLOUDLESS_SCHEME,
+    UKIS_SCHEME,
+    ClassScheme,
+)
 from ..models.protocol import ModelInfo
 
 __all__ = [
@@ -62,6 +69,7 @@ __all__ = [
     "IGNORE",
     "INVALID",
     "KAPPAMASK",
+    "KAPPAMASK_KM_PREDICT",
     "LEVELS",
     "MISSING",
     "NOT_CLOUD",
@@ -279,6 +287,11 @@ KAPPAMASK = _scheme(
     (0, "missing", MISSING), (1, "clear", CLEAR), (2, "cloud_shadow", SHADOW),
     (3, "semi_transparent_cloud", THIN), (4, "cloud", THICK), (5, "undefined", UNDEFINED),
 )
+KAPPAMASK_KM_PREDICT = _scheme(
+    KAPPAMASK_SCHEME.name, "KappaMask models' masks (km_predict product coding: value = channel)",
+    *((c.value, c.name, meaning) for c, meaning in zip(
+        KAPPAMASK_SCHEME.classes, (UNDEFINED, CLEAR, SHADOW, THIN, THICK, MISSING), strict=True)),
+)
 SEN2COR_SCL = _scheme(
     "sen2cor-scl", "Sentinel-2 L2A scene classification (Sen2Cor SCL); KappaMask Table 1: "
     "cloud medium and high probability -> cloud, thin cirrus -> semi-transparent, surfaces, "
@@ -348,8 +361,8 @@ def register_scheme(scheme: LabelScheme, *, overwrite: bool = False) -> LabelSch
     return scheme
 
 
-for _builtin in (KAPPAMASK, SEN2COR_SCL, FMASK, CMIX, FMSC, CLOUDSEN12, SENSEI_V2,
-                 SENSEI_V2_4CLASS, SENSEI_V2_VALID, UKIS_TESTFILE, UKIS, S2CLOUDLESS):
+for _builtin in (KAPPAMASK, KAPPAMASK_KM_PREDICT, SEN2COR_SCL, FMASK, CMIX, FMSC, CLOUDSEN12,
+                 SENSEI_V2, SENSEI_V2_4CLASS, SENSEI_V2_VALID, UKIS_TESTFILE, UKIS, S2CLOUDLESS):
     register_scheme(_builtin)
 
 

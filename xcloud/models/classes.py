@@ -88,23 +88,37 @@ S2CLOUDLESS_SCHEME = ClassScheme(
     nodata=NO_DATA,
 )
 
+_KAPPAMASK_MISSING = CloudClass(5, "missing", "missing or invalid input (KappaMask's MISSING)",
+                               "#000000")
+
 KAPPAMASK_SCHEME = ClassScheme(
-    name="kappamask",
+    name="kappamask-km-predict",
     classes=(
+        CloudClass(0, "undefined", "undefined (KappaMask's UNDEFINED)", "#ff00ff"),
         CloudClass(1, "clear", "clear surface", "#4daf4a"),
         CloudClass(2, "cloud_shadow", "cloud shadow", "#555555"),
         CloudClass(3, "semi_transparent_cloud", "semi-transparent (thin) cloud", "#a6cee3"),
         CloudClass(4, "cloud", "cloud", "#ffffff"),
+        _KAPPAMASK_MISSING,
     ),
-    nodata=CloudClass(0, "missing", "no valid input data (KappaMask's MISSING)", "#000000"),
+    nodata=_KAPPAMASK_MISSING,
 )
-"""KappaMask's own codes: 0 MISSING is the no-data value, so masks read as KappaMask's products.
+"""The six output channels of the published KappaMask networks, in their order, coded as
+km_predict's products: mask value = channel index.
 
-The network's output channel ``k`` is class value ``k``; its MISSING channel (and the
-UNDEFINED channel 5 of networks that have one) are not predicted classes: no-data pixels are
-found from the input, as for every xcloud model.
+Channels (km_predict's ``classes``): 0 UNDEFINED, 1 CLEAR, 2 CLOUD_SHADOW,
+3 SEMI_TRANSPARENT_CLOUD, 4 CLOUD, 5 MISSING. km_predict's GeoTIFF (its README's table) codes
+CLEAR 1, CLOUD_SHADOW 2, SEMI_TRANSPARENT_CLOUD 3, CLOUD 4, MISSING 5, i.e. the channel
+index; its mosaic step turns the PNG's UNDEFINED (class * 63 + 3 = 3) into 3, the
+semi-transparent code, by mistake. xcloud keeps UNDEFINED distinct, as 0 (the value the
+mosaic's translation table keeps for 0). MISSING is also the no-data value: pixels the network
+puts in its MISSING channel and pixels without input read the same. These are not the KappaSet
+label codes (0 MISSING .. 5 UNDEFINED, the ``kappamask`` label scheme of
+:mod:`xcloud.evaluation.schemes`); masks read as its ``kappamask-km-predict`` scheme.
 """
 
+_SENSEI_V2_NO_DATA = CloudClass(6, "no_data", "no valid input data (SEnSeI-v2's no-data class)",
+                                "#000000")
 SENSEI_V2_SCHEME = ClassScheme(
     name="sensei-v2",
     classes=(
@@ -114,15 +128,16 @@ SENSEI_V2_SCHEME = ClassScheme(
         CloudClass(3, "thin_cloud", "thin (semi-transparent) cloud", "#a6cee3"),
         CloudClass(4, "thick_cloud", "thick cloud", "#ffffff"),
         CloudClass(5, "cloud_shadow", "cloud shadow", "#555555"),
+        _SENSEI_V2_NO_DATA,
     ),
-    nodata=CloudClass(6, "no_data", "no valid input data (SEnSeI-v2's no-data class)",
-                      "#000000"),
+    nodata=_SENSEI_V2_NO_DATA,
 )
-"""SEnSeI-v2's 7 classes (Francis 2024) with its own codes: 6 NO DATA is the no-data value.
+"""SEnSeI-v2's 7 classes (Francis 2024) in the network's channel order, with its own codes.
 
-The network's output channel ``k`` is class value ``k``; its no-data channel 6 is not a
-predicted class: no-data pixels are found from the input, as for every xcloud model. Masks
-read as the ``sensei-v2`` label scheme of :mod:`xcloud.evaluation.schemes`.
+Channel ``k`` is class value ``k``; channel 6, NO DATA, is both a predicted class (the network
+has a softmax channel for it, kept in the probabilities) and the scheme's no-data value (the
+engine also writes it where the input is all NaN). Masks read as the ``sensei-v2`` label
+scheme of :mod:`xcloud.evaluation.schemes`.
 """
 
 __all__.append("SENSEI_V2_SCHEME")

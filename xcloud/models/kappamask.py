@@ -1,46 +1,61 @@
-"""KappaMask (Domnich et al. 2021, Remote Sensing 13, 4100): a U-Net for Sentinel-2 L1C/L2A.
+"""KappaMask (Domnich et al. 2021, Remote Sensing 13, 4100): the published networks for the engine.
 
-The network is the published Keras model in torch: per level two 3x3 convolutions with ReLU
-(``padding="same"``, He-normal initialisation), 2x2 max pooling, dropout 0.5 on the two deepest
-levels, nearest-neighbour upsampling followed by a 2x2 convolution and concatenation with the
-skip connection, then a 3x3 convolution to 2 channels and a 1x1 convolution to the classes.
-Depth (levels including the bottleneck) and width (filters of the first level, doubling per
-level) are parameters: the paper's grid is 5/6/7 levels x 32/64/128 filters.
+KappaZeta publishes four Keras HDF5 weights files, ``{l1c,l2a}_{unet,deeplabv3plus}.hdf5``,
+read here as they are (no conversion; :mod:`xcloud.models.keras_hdf5`), plus xcloud's own
+checkpoints (:func:`save_checkpoint`, what ``xcloud.train`` writes) of the same U-Net:
 
-=====================  ======  =======  =============
-network                levels  filters     parameters
-=====================  ======  =======  =============
-L1C (13 bands)              5       64     31,038,609
-L2A (14 bands)              5       64     31,039,185
-L1C, smallest of grid       5       32      7,763,537
-L1C, largest of grid        7      128  1,990,631,697
-=====================  ======  =======  =============
+==============================  ==========  =====  =========================================
+model                           network     bands  published file
+==============================  ==========  =====  =========================================
+``kappamask-l1c``               U-Net          13  ``l1c_unet.hdf5``
+``kappamask-l2a``               U-Net          13  ``l2a_unet.hdf5``
+``kappamask-l1c-deeplabv3plus`` DeepLabv3+     13  ``l1c_deeplabv3plus.hdf5``
+``kappamask-l2a-deeplabv3plus`` DeepLabv3+     14  ``l2a_deeplabv3plus.hdf5``
+==============================  ==========  =====  =========================================
 
-The default L1C network has 31,038,609 parameters (the published Keras model, with its 6th
-output channel, 31,038,612; with one input band and one class, 31,031,685 as the classic
-U-Net it derives from).
+Bands, in channel order, as km_predict gives them: L1C (both networks) B01 B02 B03 B04 B05 B06
+B07 B08 B8A B09 B10 B11 B12; L2A U-Net AOT B01 B02 B03 B04 B05 B06 B08 B8A B09 B11 B12 WVP (no
+B07, no B10); L2A DeepLabv3+ the same with B07 after B06. A file's architecture and width are
+read from the file (:class:`~xcloud.models.kappamask_unet.KappaMaskUNet`,
+``xcloud.models.kappamask_deeplab``); a file of the other architecture names the model that
+takes it.
 
-Output channel ``k`` is KappaMask class ``k``: 0 MISSING, 1 CLEAR, 2 CLOUD SHADOW,
-3 SEMI-TRANSPARENT CLOUD, 4 CLOUD (and 5 UNDEFINED in networks trained with it, as the
-published Keras weights are). :class:`KappaMaskModel` predicts channels 1-4 (softmax over
-them); missing data is found from the input and gets the value 0, KappaMask's own code.
+Normalisation (km_predict's DataGenerator): ``x = max(0, v / max_v)`` per band, where ``v`` is
+the digital number over 65535 and ``max_v`` the generator's table for the level and network
+(:data:`KAPPAMASK_MAX_V`; no upper clip). From :func:`xcloud.load`'s units (reflectance =
+(DN + offset) / 10000, AOT and WVP = DN / 1000) that is ``x = max(0, value / (max_v * 65535 /
+10000))`` (``/ 1000`` for AOT and WVP): :data:`~xcloud.models.protocol.Normalization` kind
+``"minmax_floor"``. Two differences from km_predict, both fixes of its pipeline:
 
-No weights ship with xcloud: ``kappamask-l1c`` and ``kappamask-l2a`` load a local checkpoint
-(:func:`save_checkpoint`: safetensors, or a weights-only torch file) that carries its bands
-and its min-max normalisation. Inference follows the paper: 512 px tiles, 32 px overlap.
+- km_predict adds ``offset / 65535`` to ``max_v`` on every ``DataGenerator.__getitem__`` and
+  Keras' ``predict`` calls it twice per batch, so every batch is normalised with
+  ``max_v + 2 * offset / 65535`` (L1C of processing baseline >= 04.00, offset -1000: B10
+  0.055 -> 0.0245, every band 0.0305 lower). xcloud uses ``max_v``.
+- km_predict applies no offset to L2A (it looks for the L1C metadata field); xcloud's
+  reflectance has the BOA offset applied, which is what the training data (baseline < 04.00,
+  no offset) looked like.
+
+Outputs: all six channels in the authors' order (UNDEFINED, CLEAR, CLOUD_SHADOW,
+SEMI_TRANSPARENT_CLOUD, CLOUD, MISSING): the U-Net's independent sigmoids, DeepLabv3+'s softmax;
+the class is the argmax over all six, written as the channel index
+(:data:`~xcloud.models.classes.KAPPAMASK_SCHEME`, km_predict's product coding with UNDEFINED 0).
+Tiles: 512 px with 32 px overlap, as km_predict's sub-tiles (overlap 0.0625); xcloud blends
+the overlaps where km_predict crops 16 px from each shared edge.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._optional import import_optional
@@ -48,6 +63,7 @@ from .._version import __version__
 from ..data.bands import canonical_band_name
 from ..errors import MissingWeightsError, WeightsError
 from ._checkpoint import (
+    SUFFIXES,
     check_suffix,
     dump_metadata,
     load_state,
@@ -55,238 +71,147 @@ from ._checkpoint import (
     read_checkpoint,
 )
 from .classes import KAPPAMASK_SCHEME
+from .fetch import resolve_weights
+from .kappamask_unet import KAPPAMASK_CHANNELS, KappaMaskConfig, KappaMaskUNet
+from .keras_hdf5 import KerasWeights, is_keras_hdf5, read_keras_weights
 from .protocol import BaseCloudModel, ModelInfo, Normalization
 from .registry import ModelEntry, register
 
 __all__ = [
+    "KAPPAMASK_CHANNELS",
     "KAPPAMASK_L1C_BANDS",
     "KAPPAMASK_L2A_BANDS",
+    "KAPPAMASK_L2A_DEEPLAB_BANDS",
+    "KAPPAMASK_MAX_V",
     "KAPPAMASK_MODELS",
     "CheckpointMeta",
     "KappaMaskConfig",
     "KappaMaskModel",
     "KappaMaskUNet",
+    "bands_of",
     "default_range",
+    "kappamask_normalization",
     "load_checkpoint",
+    "model_name",
     "save_checkpoint",
 ]
 
 KAPPAMASK_L1C_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09",
                        "B10", "B11", "B12")
-"""Level-1C input, in KappaMask's order: the 13 bands."""
+"""Level-1C input of both networks, in channel order: the 13 bands."""
 
-KAPPAMASK_L2A_BANDS = ("AOT", "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
-                       "B09", "B11", "B12", "WVP")
-"""Level-2A input, in KappaMask's order: AOT, the 12 bands without B10, WVP."""
+KAPPAMASK_L2A_BANDS = ("AOT", "B01", "B02", "B03", "B04", "B05", "B06", "B08", "B8A", "B09",
+                       "B11", "B12", "WVP")
+"""Level-2A input of the U-Net, in channel order: AOT, 11 bands (no B07, no B10), WVP."""
 
-# The KappaMask predictor divides digital numbers by 65535, then by these per-band maxima
-# (as its Keras ports in ml4floods and cloudSEN12's maskay do). The published L2A list has
-# 13 entries: B07 is missing from it.
-_PREDICTOR_MAXIMA = {
-    "L1C": dict(zip(KAPPAMASK_L1C_BANDS, (0.21, 0.326, 0.264, 0.298, 0.245, 0.258, 0.266,
-                                          0.364, 0.259, 0.165, 0.055, 0.203, 0.208),
-                    strict=True)),
-    "L2A": {"AOT": 0.003906309604644775, "B01": 0.2833447754383087,
-            "B02": 0.27905699610710144, "B03": 0.2668497860431671, "B04": 0.2558480203151703,
-            "B05": 0.250980406999588, "B06": 0.24597543478012085,
-            "B08": 0.24182498455047607, "B8A": 0.24206912517547607,
-            "B09": 0.2535133957862854, "B11": 0.2232242375612259,
-            "B12": 0.23524834215641022, "WVP": 0.07557793706655502},
+KAPPAMASK_L2A_DEEPLAB_BANDS = ("AOT", "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08",
+                               "B8A", "B09", "B11", "B12", "WVP")
+"""Level-2A input of DeepLabv3+, in channel order: the U-Net's with B07 after B06."""
+
+UNET, DEEPLAB = "unet", "deeplabv3plus"
+_ARCHITECTURES = (UNET, DEEPLAB)
+_LEVELS = ("L1C", "L2A")
+_BANDS = {("L1C", UNET): KAPPAMASK_L1C_BANDS, ("L1C", DEEPLAB): KAPPAMASK_L1C_BANDS,
+          ("L2A", UNET): KAPPAMASK_L2A_BANDS, ("L2A", DEEPLAB): KAPPAMASK_L2A_DEEPLAB_BANDS}
+
+KAPPAMASK_MAX_V: dict[tuple[str, str], tuple[float, ...]] = {
+    ("L1C", UNET): (0.21, 0.326, 0.264, 0.298, 0.245, 0.258, 0.266, 0.364, 0.259, 0.165, 0.055,
+                    0.203, 0.208),
+    ("L1C", DEEPLAB): (0.2065003365278244, 0.3510643243789673, 0.3327534794807434,
+                       0.3624475598335266, 0.29547569155693054, 0.29562827944755554,
+                       0.29103532433509827, 0.3791866898536682, 0.2850232720375061,
+                       0.18451209366321564, 0.0799115002155304, 0.24786755442619324,
+                       0.24827954173088074),
+    ("L2A", UNET): (0.003906309604644775, 0.2833447754383087, 0.27905699610710144,
+                    0.2668497860431671, 0.2558480203151703, 0.250980406999588,
+                    0.24597543478012085, 0.24182498455047607, 0.24206912517547607,
+                    0.2535133957862854, 0.2232242375612259, 0.23524834215641022,
+                    0.07557793706655502),
+    ("L2A", DEEPLAB): (0.010711833834648132, 0.32552072405815125, 0.3022507131099701,
+                       0.28221559524536133, 0.2690470814704895, 0.27560845017433167,
+                       0.2571450471878052, 0.2557412087917328, 0.2529335618019104,
+                       0.2544899582862854, 0.2657511234283447, 0.2381628155708313,
+                       0.2401922643184662, 0.14035248756408691),
 }
-_PREDICTOR_MAXIMA["L2A"]["B07"] = (_PREDICTOR_MAXIMA["L2A"]["B06"]
-                                   + _PREDICTOR_MAXIMA["L2A"]["B08"]) / 2  # not published
-_LAYOUTS = {"L1C": KAPPAMASK_L1C_BANDS, "L2A": KAPPAMASK_L2A_BANDS}
+"""km_predict's DataGenerator maxima ``max_v`` (DN / 65535) per ``(level, architecture)``, in
+the bands' channel order (the minima are all 0)."""
+
 _DN_RANGE = 65535.0
 _DN_PER_UNIT = {"AOT": 1000.0, "WVP": 1000.0}  # as xcloud.load scales them; 10000 otherwise
 _FORMAT = "xcloud-kappamask"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _METADATA_KEY = "xcloud_kappamask"
 _TILE_SIZE = 512
 _TILE_OVERLAP = 32
+_PUBLISHED_NAME = re.compile(r"(l1c|l2a)_(unet|deeplabv3plus)\.hdf5", re.IGNORECASE)
+_SOURCE = "http://kappamask.s3-website.eu-central-1.amazonaws.com/model_weights/2022-09-13/"
 _REFERENCE = ("Domnich et al. 2021, KappaMask: AI-based cloudmask processor for Sentinel-2, "
               "Remote Sensing 13(20), 4100")
 
 
-def default_range(level: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Default min-max normalisation (minimum, maximum) of a layout, in its band order.
-
-    The values are the KappaMask predictor's (minimum 0; maxima per band in units of
-    DN / 65535), converted to the units of :func:`xcloud.load`: reflectance for the bands,
-    AOT and WVP divided by 1000. B07 of L2A has no published maximum: the mean of B06's and
-    B08's stands in. Checkpoints carry their own range, which replaces these. xcloud clips
-    normalised values to [0, 1] (the predictor does not; these maxima are dataset maxima, so
-    few values exceed them).
-    """
-    level = _level(level)
-    maxima = _PREDICTOR_MAXIMA[level]
-    maximum = tuple(round(maxima[b] * _DN_RANGE / _DN_PER_UNIT.get(b, 10000.0), 6)
-                    for b in _LAYOUTS[level])
-    return (0.0,) * len(maximum), maximum
-
-
 def _level(level: str) -> str:
     upper = str(level).upper()
-    if upper not in _LAYOUTS:
+    if upper not in _LEVELS:
         raise ValueError(f"level must be 'L1C' or 'L2A', got {level!r}")
     return upper
 
 
-@dataclass(frozen=True)
-class KappaMaskConfig:
-    """Everything that builds a :class:`KappaMaskUNet`; JSON serialisable via :meth:`to_dict`.
+def _architecture(architecture: str) -> str:
+    lower = str(architecture).lower()
+    if lower not in _ARCHITECTURES:
+        raise ValueError(f"architecture must be 'unet' or 'deeplabv3plus', got "
+                         f"{architecture!r}")
+    return lower
 
-    ``head_channels`` is the width of the 3x3 convolution before the classifier (2 in the
-    published model; 0 leaves it out), ``batch_norm`` adds batch normalisation after every
-    convolution but the classifier (the published model has none). The published 2-channel
-    ReLU head is often dead over most pixels at random initialisation (flat output); when
-    training from scratch stalls, ``head_channels=0`` avoids it.
+
+def model_name(level: str, architecture: str = UNET) -> str:
+    """The registry name of a published network: ``kappamask-l1c``,
+    ``kappamask-l2a-deeplabv3plus``, ..."""
+    level, architecture = _level(level), _architecture(architecture)
+    suffix = "" if architecture == UNET else f"-{DEEPLAB}"
+    return f"kappamask-{level.lower()}{suffix}"
+
+
+def bands_of(level: str, architecture: str = UNET) -> tuple[str, ...]:
+    """The input bands of a published network, in channel order."""
+    return _BANDS[_level(level), _architecture(architecture)]
+
+
+def _units(bands: Sequence[str]) -> np.ndarray:
+    return np.array([_DN_PER_UNIT.get(b, 10000.0) for b in bands])
+
+
+def default_range(level: str, architecture: str = UNET
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """km_predict's min-max range (minimum, maximum) of a network, in :func:`xcloud.load`
+    units and the network's band order.
+
+    The maxima are :data:`KAPPAMASK_MAX_V` (DN / 65535) times 65535 / 10000 (reflectance) or
+    65535 / 1000 (AOT, WVP); the minima are 0.
     """
-
-    in_channels: int
-    n_classes: int = 5
-    depth: int = 5
-    filters: int = 64
-    dropout: float = 0.5
-    head_channels: int = 2
-    batch_norm: bool = False
-
-    def __post_init__(self) -> None:
-        if self.in_channels < 1 or self.n_classes < 1 or self.filters < 1:
-            raise ValueError(f"in_channels, n_classes and filters must be >= 1, got {self}")
-        if self.depth < 2:
-            raise ValueError(f"depth counts the levels including the bottleneck: >= 2, "
-                             f"got {self.depth}")
-        if not 0.0 <= self.dropout < 1.0 or self.head_channels < 0:
-            raise ValueError(f"dropout must be in [0, 1) and head_channels >= 0, got {self}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a plain, JSON-serialisable dictionary."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> KappaMaskConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**data)
+    key = (_level(level), _architecture(architecture))
+    maximum = np.asarray(KAPPAMASK_MAX_V[key]) * _DN_RANGE / _units(_BANDS[key])
+    return (0.0,) * len(maximum), tuple(float(v) for v in maximum)
 
 
-def _conv(in_channels: int, out_channels: int, kernel: int, batch_norm: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel,
-                                         padding=1 if kernel == 3 else 0)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(out_channels))
-    layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+def kappamask_normalization(level: str, architecture: str = UNET) -> Normalization:
+    """km_predict's normalisation of a network from :func:`xcloud.load` units:
+    ``max(0, value / maximum)`` (kind ``"minmax_floor"``; see the module docstring)."""
+    minimum, maximum = default_range(level, architecture)
+    return Normalization("minmax_floor", minimum, maximum)
 
 
-def _double_conv(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
-    return nn.Sequential(_conv(in_channels, out_channels, 3, batch_norm),
-                         _conv(out_channels, out_channels, 3, batch_norm))
-
-
-class _UpBlock(nn.Module):
-    """Upsample x2 (nearest), 2x2 convolution, concatenate with the skip, two 3x3 convolutions."""
-
-    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool) -> None:
-        super().__init__()
-        self.up = nn.Sequential(
-            nn.Upsample(scale_factor=2.0, mode="nearest"),
-            nn.ZeroPad2d((0, 1, 0, 1)),  # Keras "same" with an even kernel pads after
-            _conv(in_channels, out_channels, 2, batch_norm),
-        )
-        self.conv = _double_conv(2 * out_channels, out_channels, batch_norm)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([skip, self.up(x)], dim=1))
-
-
-class KappaMaskUNet(nn.Module):
-    """The KappaMask U-Net; returns logits (N, n_classes, H, W).
-
-    Parameters
-    ----------
-    in_channels
-        Input bands (13 for L1C, 14 for L2A).
-    n_classes
-        Output channels; channel ``k`` is KappaMask class ``k`` (5: 0 MISSING .. 4 CLOUD).
-    depth, filters
-        Levels including the bottleneck, and filters of the first level (doubling per level:
-        64 .. 1024 for the default 5 x 64). Height and width must be multiples of
-        ``2 ** (depth - 1)``.
-    dropout
-        Dropout rate on the deepest encoder level and the bottleneck (training only).
-    head_channels, batch_norm
-        See :class:`KappaMaskConfig`.
-    """
-
-    def __init__(self, in_channels: int, *, n_classes: int = 5, depth: int = 5,
-                 filters: int = 64, dropout: float = 0.5, head_channels: int = 2,
-                 batch_norm: bool = False) -> None:
-        super().__init__()
-        self.config = KappaMaskConfig(in_channels, n_classes, depth, filters, dropout,
-                                      head_channels, batch_norm)
-        widths = [filters * 2**level for level in range(depth)]
-        inputs = [in_channels, *widths[:-2]]
-        self.encoder = nn.ModuleList(_double_conv(i, o, batch_norm)
-                                     for i, o in zip(inputs, widths[:-1], strict=True))
-        self.bottleneck = _double_conv(widths[-2], widths[-1], batch_norm)
-        self.decoder = nn.ModuleList(_UpBlock(widths[level + 1], widths[level], batch_norm)
-                                     for level in reversed(range(depth - 1)))
-        self.dropout = nn.Dropout(dropout)
-        self.head = _conv(filters, head_channels, 3, batch_norm) if head_channels else None
-        self.classifier = nn.Conv2d(head_channels or filters, n_classes, 1)
-        self.reset_parameters()
-
-    @classmethod
-    def from_config(cls, config: KappaMaskConfig) -> KappaMaskUNet:
-        """Build the network described by ``config``."""
-        values = config.to_dict()
-        return cls(values.pop("in_channels"), **values)
-
-    def reset_parameters(self) -> None:
-        """Keras' initialisation: He-normal convolutions, Glorot-uniform classifier, zero bias."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                if module is self.classifier:
-                    nn.init.xavier_uniform_(module.weight)
-                else:
-                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        multiple = 2 ** (self.config.depth - 1)
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"KappaMaskUNet takes (N, {self.config.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
-        if x.shape[-2] % multiple or x.shape[-1] % multiple:
-            raise ValueError(
-                f"a KappaMaskUNet of depth {self.config.depth} needs height and width that are "
-                f"multiples of {multiple}, got {tuple(x.shape[-2:])}; pad the input first"
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        skips = []
-        for level, block in enumerate(self.encoder):
-            x = block(x)
-            if level == len(self.encoder) - 1:
-                x = self.dropout(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.dropout(self.bottleneck(x))
-        for block, skip in zip(self.decoder, reversed(skips), strict=True):
-            x = block(x, skip)
-        if self.head is not None:
-            x = self.head(x)
-        return self.classifier(x)
+# --------------------------------------------------------------------------- checkpoints
 
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    """What a checkpoint says besides its tensors.
+    """What an xcloud KappaMask checkpoint says besides its tensors.
 
     ``minimum``/``maximum`` are the min-max normalisation per band, in the units of
-    :func:`xcloud.load` (reflectance; AOT and WVP divided by 1000) and in ``bands`` order.
-    ``extra`` is free JSON (training history, epoch...).
+    :func:`xcloud.load` (reflectance; AOT and WVP divided by 1000) and in ``bands`` order;
+    values below the minimum become 0, as in km_predict. ``extra`` is free JSON (training
+    history, epoch...).
     """
 
     config: KappaMaskConfig
@@ -298,11 +223,11 @@ class CheckpointMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def normalization(self, bands: Sequence[str] | None = None) -> Normalization:
-        """The min-max :class:`Normalization`, for ``bands`` (a reordering) or :attr:`bands`."""
+        """The :class:`Normalization` for ``bands`` (a reordering) or :attr:`bands`."""
         order = [self.bands.index(b) for b in bands or self.bands]
         low = tuple(self.minimum[i] for i in order)
         span = tuple(self.maximum[i] - self.minimum[i] for i in order)
-        return Normalization("minmax", low, span)
+        return Normalization("minmax_floor", low, span)
 
     def to_json(self) -> str:
         """The metadata as stored in the checkpoint."""
@@ -312,6 +237,7 @@ class CheckpointMeta:
     def from_json(cls, text: str, *, source: object = "checkpoint") -> CheckpointMeta:
         """Parse and check :meth:`to_json`'s output; :class:`WeightsError` if it does not fit."""
         try:
+            version = json.loads(text).get("format_version") if text else None
             data = parse_metadata(text, format_name=_FORMAT)
             meta = cls(config=KappaMaskConfig.from_dict(data.pop("config")),
                        bands=tuple(data.pop("bands")), minimum=tuple(data.pop("minimum")),
@@ -320,6 +246,13 @@ class CheckpointMeta:
             raise WeightsError(f"{source} has no readable xcloud KappaMask metadata ({error}); "
                                "write checkpoints with xcloud.models.kappamask.save_checkpoint"
                                ) from None
+        if version != _FORMAT_VERSION:
+            raise WeightsError(
+                f"{source} is an xcloud KappaMask checkpoint of format version {version}, "
+                f"written for the earlier 5-channel softmax network; this xcloud reads version "
+                f"{_FORMAT_VERSION} (the published 6-channel sigmoid network): train it again "
+                f"with xcloud.train"
+            )
         meta.check(source)
         return meta
 
@@ -337,7 +270,7 @@ class CheckpointMeta:
              "a minimum or maximum that is not finite"),
             (any(hi <= lo for lo, hi in zip(self.minimum, self.maximum, strict=False)),
              "a maximum that is not above its minimum"),
-            (self.level not in _LAYOUTS, f"level {self.level!r}, not 'L1C' or 'L2A'"),
+            (self.level not in _LEVELS, f"level {self.level!r}, not 'L1C' or 'L2A'"),
         ]
         found = [text for bad, text in problems if bad]
         if found:
@@ -415,109 +348,203 @@ def load_checkpoint(path: str | os.PathLike[str], *,
     return network.eval(), meta
 
 
-class KappaMaskModel(BaseCloudModel):
-    """A KappaMask checkpoint loaded for the engine.
+# --------------------------------------------------------------------------- the model
 
-    ``info.bands`` is the registered layout; the checkpoint may order its bands differently
-    (its channels are taken in its own order). Probabilities are a softmax over the channels
-    of the scheme's classes (1-4), in float32.
+
+class KappaMaskModel(BaseCloudModel):
+    """A KappaMask network loaded for the engine.
+
+    ``network`` maps normalised input ``(N, bands, H, W)`` to the six outputs ``(N, 6, H, W)``
+    in the authors' channel order (U-Net: sigmoids; DeepLabv3+: softmax). ``band_order`` maps
+    ``info.bands`` to the network's channels when they differ (a checkpoint whose bands are in
+    another order). :meth:`classify` is the argmax over all six channels.
     """
 
-    def __init__(self, network: KappaMaskUNet, meta: CheckpointMeta, info: ModelInfo, *,
-                 device: str = "cpu") -> None:
-        self.meta = meta
+    def __init__(self, network: nn.Module, info: ModelInfo, *, device: str = "cpu",
+                 band_order: Sequence[int] | None = None,
+                 meta: CheckpointMeta | None = None) -> None:
         self.info = info
+        self.meta = meta
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
-        order = [info.bands.index(b) for b in meta.bands]
-        self._order = None if order == list(range(len(order))) else order
-        self._channels = list(info.scheme.values)
+        order = list(band_order) if band_order is not None else None
+        self._order = None if order is None or order == list(range(len(order))) else order
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 4, H, W) for normalised input (N, bands, H, W)."""
+        """The six outputs (N, 6, H, W) float32 for normalised input (N, bands, H, W)."""
         batch = np.asarray(batch, dtype=np.float32)
         if self._order is not None:
             batch = batch[:, self._order]
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            logits = self.network(tensor)[:, self._channels]
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            return self.network(tensor).float().cpu().numpy()
 
 
-_NO_WEIGHTS = (
-    "KappaMask weights are not distributed with xcloud; pass weights=PATH to a {level} "
-    "checkpoint (.safetensors or .pt): train one with `xcloud train` / "
-    "xcloud.train(..., level={level!r}), or convert the published KappaMask weights and write "
-    "them with xcloud.models.kappamask.save_checkpoint"
-)
+def _no_weights(name: str, level: str, architecture: str) -> str:
+    published = f"{level.lower()}_{architecture}.hdf5"
+    text = (f"{name}: pass weights=PATH to the published {published} (from "
+            f"{_SOURCE}{published}, read as it is)")
+    if architecture == UNET:
+        text += (f", or an xcloud checkpoint (.safetensors or .pt) trained with `xcloud train` "
+                 f"/ xcloud.train(..., level={level!r})")
+    return text
 
 
-def _check_layout(meta: CheckpointMeta, level: str, source: Path) -> None:
-    if meta.level != level:
-        raise WeightsError(f"{source} was saved for level {meta.level}; use it with "
-                           f"model='kappamask-{meta.level.lower()}', or pass a {level} checkpoint")
-    missing = [b for b in _LAYOUTS[level] if b not in meta.bands]
-    extra = [b for b in meta.bands if b not in _LAYOUTS[level]]
-    if missing or extra:
-        raise WeightsError(f"{source} has bands {', '.join(meta.bands)}; kappamask-"
-                           f"{level.lower()} needs {', '.join(_LAYOUTS[level])} "
-                           f"(missing: {missing}, not used: {extra})")
-    needed = max(KAPPAMASK_SCHEME.values) + 1
-    if meta.config.n_classes < needed:
-        raise WeightsError(f"{source} predicts {meta.config.n_classes} classes; KappaMask "
-                           f"needs at least {needed} (channel k = class k: 0 missing .. 4 cloud)")
-
-
-def _info(level: str, *, normalization: Normalization, version: str,
-          weights_source: str) -> ModelInfo:
+def _info(level: str, architecture: str, *, normalization: Normalization, version: str,
+          weights_source: str, bands: tuple[str, ...] | None = None) -> ModelInfo:
+    network = "U-Net" if architecture == UNET else "DeepLabv3+"
     return ModelInfo(
-        name=f"kappamask-{level.lower()}",
+        name=model_name(level, architecture),
         version=version,
-        bands=_LAYOUTS[level],
+        bands=bands or _BANDS[level, architecture],
         resolution=10.0,
         scheme=KAPPAMASK_SCHEME,
         normalization=normalization,
         tile_size=_TILE_SIZE,
         tile_overlap=_TILE_OVERLAP,
         level=level,
-        licence="weights: yours (local file); code: Apache-2.0",
+        licence="code and published weights: Apache-2.0 (KappaZeta km_predict)",
         weights_source=weights_source,
         needs_weights_file=True,
-        description=f"KappaMask U-Net, {level}: clear, cloud shadow, semi-transparent cloud, "
-                    "cloud",
+        description=f"KappaMask {network}, {level}: undefined, clear, cloud shadow, "
+                    f"semi-transparent cloud, cloud, missing",
         references=(_REFERENCE,),
     )
 
 
-def _load_model(level: str, weights: str | os.PathLike[str] | None, device: str,
-                runtime: str) -> KappaMaskModel:
+def _deeplab_module() -> ModuleType | None:
+    try:
+        from . import kappamask_deeplab
+    except ImportError:
+        return None
+    return kappamask_deeplab
+
+
+def _file_architecture(weights: KerasWeights, path: Path) -> str:
+    deeplab = _deeplab_module()
+    if deeplab is not None and deeplab.KappaMaskDeepLabV3Plus.looks_like(weights.layers):
+        return DEEPLAB
+    if KappaMaskUNet.looks_like(weights.layers):
+        return UNET
+    raise WeightsError(f"weights={path} is a Keras HDF5 file ({len(weights.layers)} weighted "
+                       f"layers) but neither a KappaMask U-Net nor a KappaMask DeepLabv3+; pass "
+                       f"one of the published {{l1c,l2a}}_{{unet,deeplabv3plus}}.hdf5")
+
+
+def _in_channels(weights: KerasWeights) -> int:
+    first = weights.layers[0].arrays[0]
+    return int(first.shape[2])
+
+
+def _check_file_fits(path: Path, level: str, architecture: str, weights: KerasWeights) -> None:
+    name = model_name(level, architecture)
+    found = _file_architecture(weights, path)
+    channels = _in_channels(weights)
+    if found != architecture:
+        if found == UNET:
+            right = f"model='{model_name(level, UNET)}' (or the other level's U-Net)"
+        else:
+            right = f"model='{model_name('L2A' if channels == 14 else level, DEEPLAB)}'"
+        raise WeightsError(f"weights={path} holds a KappaMask "
+                           f"{'U-Net' if found == UNET else 'DeepLabv3+'}, not the "
+                           f"{'U-Net' if architecture == UNET else 'DeepLabv3+'} of {name}; "
+                           f"use {right}")
+    published = _PUBLISHED_NAME.fullmatch(path.name)
+    if published and model_name(published[1], published[2]) != name:
+        raise WeightsError(f"weights={path} is named like the published file of "
+                           f"model='{model_name(published[1], published[2])}'; use that model, "
+                           f"or pass {level.lower()}_{architecture}.hdf5 to {name}")
+    needed = len(_BANDS[level, architecture])
+    if channels != needed:
+        raise WeightsError(f"weights={path} takes {channels} input bands; {name} takes "
+                           f"{needed} ({' '.join(_BANDS[level, architecture])})")
+
+
+def _keras_network(path: Path, level: str, architecture: str) -> tuple[nn.Module, str]:
+    weights = read_keras_weights(path)
+    _check_file_fits(path, level, architecture, weights)
+    if architecture == DEEPLAB:
+        deeplab = _deeplab_module()
+        assert deeplab is not None  # _file_architecture found it
+        network = deeplab.KappaMaskDeepLabV3Plus(_in_channels(weights), 6)
+        network.load_keras_layers(weights.layers)
+        return network, f"{path.name} (Keras {weights.keras_version or '?'}, DeepLabv3+)"
+    config = KappaMaskConfig.from_keras_layers(weights.layers)
+    if config.n_classes != len(KAPPAMASK_CHANNELS):
+        raise WeightsError(f"weights={path} has {config.n_classes} output channels; the "
+                           f"KappaMask networks have {len(KAPPAMASK_CHANNELS)}")
+    network = KappaMaskUNet.from_config(config)
+    network.load_keras_layers(weights.layers)
+    return network, (f"{path.name} (Keras {weights.keras_version or '?'}, U-Net "
+                     f"{config.depth} levels x {config.filters} filters)")
+
+
+def _checkpoint_model(path: Path, level: str, architecture: str,
+                      device: str) -> KappaMaskModel:
+    name = model_name(level, architecture)
+    if architecture != UNET:
+        raise WeightsError(f"weights={path}: xcloud checkpoints hold the KappaMask U-Net; load "
+                           f"them with model='{model_name(level, UNET)}', or pass the published "
+                           f"{level.lower()}_{DEEPLAB}.hdf5 to {name}")
+    network, meta = load_checkpoint(path)
+    if meta.level != level:
+        raise WeightsError(f"weights={path} was saved for level {meta.level}; use it with "
+                           f"model='{model_name(meta.level, UNET)}', or pass a {level} "
+                           "checkpoint")
+    layout = _BANDS[level, UNET]
+    missing = [b for b in layout if b not in meta.bands]
+    extra = [b for b in meta.bands if b not in layout]
+    if missing or extra:
+        raise WeightsError(f"weights={path} has bands {', '.join(meta.bands)}; {name} needs "
+                           f"{', '.join(layout)} (missing: {missing}, not used: {extra})")
+    if meta.config.n_classes != len(KAPPAMASK_CHANNELS):
+        raise WeightsError(f"weights={path} predicts {meta.config.n_classes} channels; KappaMask "
+                           f"has {len(KAPPAMASK_CHANNELS)} ({', '.join(KAPPAMASK_CHANNELS)})")
+    config = meta.config
+    info = _info(level, UNET, normalization=meta.normalization(layout),
+                 version=f"{path.name} (xcloud checkpoint, U-Net {config.depth} levels x "
+                         f"{config.filters} filters)",
+                 weights_source=str(path))
+    order = [layout.index(b) for b in meta.bands]
+    return KappaMaskModel(network, info, device=device, band_order=order, meta=meta)
+
+
+def _load_model(level: str, architecture: str, weights: str | os.PathLike[str] | None,
+                device: str, runtime: str) -> KappaMaskModel:
     if runtime not in ("auto", "torch"):
         raise ValueError(f"KappaMask runs on torch: runtime must be 'auto' or 'torch', "
                          f"not {runtime!r}")
-    if weights is None:
-        raise MissingWeightsError(_NO_WEIGHTS.format(level=level))
-    path = Path(weights).expanduser()
-    network, meta = load_checkpoint(path)
-    _check_layout(meta, level, path)
-    config = meta.config
-    info = _info(level, normalization=meta.normalization(_LAYOUTS[level]),
-                 version=f"{path.name} ({config.depth} levels x {config.filters} filters)",
-                 weights_source=str(path))
-    return KappaMaskModel(network, meta, info, device=device)
+    name = model_name(level, architecture)
+    path = resolve_weights(name, weights)  # None: fetch the published file into the cache
+    if path is None:
+        raise MissingWeightsError(_no_weights(name, level, architecture))
+    if not path.is_file():
+        raise MissingWeightsError(f"weights={path} is not a file; "
+                                  f"{_no_weights(name, level, architecture)}")
+    if path.suffix in SUFFIXES:
+        return _checkpoint_model(path, level, architecture, device)
+    if not is_keras_hdf5(path):
+        raise WeightsError(f"weights={path} is neither an HDF5 file nor an xcloud checkpoint "
+                           f"({', '.join(SUFFIXES)}); {_no_weights(name, level, architecture)}")
+    network, version = _keras_network(path, level, architecture)
+    info = _info(level, architecture, normalization=kappamask_normalization(level, architecture),
+                 version=version, weights_source=str(path))
+    return KappaMaskModel(network, info, device=device)
 
 
-def _entry(level: str) -> ModelEntry:
+def _entry(level: str, architecture: str) -> ModelEntry:
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
              runtime: str = "auto") -> KappaMaskModel:
-        return _load_model(level, weights, device, runtime)
+        return _load_model(level, architecture, weights, device, runtime)
 
-    minimum, maximum = default_range(level)
-    span = tuple(hi - lo for lo, hi in zip(minimum, maximum, strict=True))
-    info = _info(level, normalization=Normalization("minmax", minimum, span),
-                 version="architecture of Domnich et al. 2021 (no weights shipped)",
-                 weights_source="none shipped: pass weights=PATH (a save_checkpoint file)")
+    published = f"{level.lower()}_{architecture}.hdf5"
+    info = _info(level, architecture, normalization=kappamask_normalization(level, architecture),
+                 version=f"KappaZeta's published {published} (2022-09-13), read as it is",
+                 weights_source=f"published: {_SOURCE}{published} (fetched on first use), "
+                                f"or weights=PATH")
     return ModelEntry(info=info, loader=load)
 
 
 KAPPAMASK_MODELS = {entry.name: register(entry, overwrite=True)
-                    for entry in map(_entry, _LAYOUTS)}
+                    for entry in (_entry(level, architecture) for level in _LEVELS
+                                  for architecture in _ARCHITECTURES)}

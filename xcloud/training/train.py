@@ -1,9 +1,17 @@
-"""``train``: fit a KappaMask U-Net on KappaSet-format tiles (the paper's recipe).
+"""``train``: fit the KappaMask U-Net on KappaSet-format tiles (the paper's recipe).
 
-Dice-coefficient loss (or cross-entropy), Adam, learning rate reduced when the validation dice
-stops improving, early stopping on the validation loss, a random 80/20 train/validation split
-by tile, the best checkpoint (with its bands and min/max normalisation) kept, and a resumable
-state file beside it. CPU works; CUDA is used when present, with mixed precision.
+The network is the published one (:class:`~xcloud.models.kappamask_unet.KappaMaskUNet`: six
+sigmoid output channels in km_predict's order UNDEFINED, CLEAR, CLOUD_SHADOW,
+SEMI_TRANSPARENT_CLOUD, CLOUD, MISSING), so a checkpoint trained here is a drop-in for the
+published weights (``kappamask-l1c`` / ``kappamask-l2a``, same bands and normalisation).
+KappaSet labels (0 MISSING .. 5 UNDEFINED) are mapped to those channels
+(:data:`LABEL_TO_CHANNEL`); UNDEFINED pixels are left out of the loss and the metrics.
+
+Soft dice loss on the softmax of the classifier's output (or cross-entropy), Adam, learning
+rate reduced when the validation dice stops improving, early stopping on the validation loss, a
+random 80/20 train/validation split by tile, the best checkpoint (with its bands and min/max
+normalisation) kept, and a resumable state file beside it. CPU works; CUDA is used when
+present, with mixed precision.
 """
 
 from __future__ import annotations
@@ -20,10 +28,16 @@ import numpy as np
 
 from .._optional import import_optional
 
-__all__ = ["TrainResult", "dice_loss", "train"]
+__all__ = ["LABEL_TO_CHANNEL", "N_CLASSES", "UNDEFINED", "TrainResult", "dice_loss",
+           "label_channels", "train"]
 
-N_CLASSES = 5
-UNDEFINED = 5
+N_CLASSES = 6
+"""Output channels of the network (km_predict's classes)."""
+UNDEFINED = 0
+"""The UNDEFINED channel: pixels labelled UNDEFINED are ignored by the loss and the metrics."""
+LABEL_TO_CHANNEL = (5, 1, 2, 3, 4, 0)
+"""KappaSet label ``k`` (0 MISSING, 1 CLEAR, 2 CLOUD_SHADOW, 3 SEMI_TRANSPARENT_CLOUD, 4 CLOUD,
+5 UNDEFINED) -> the network's channel ``LABEL_TO_CHANNEL[k]`` (0 UNDEFINED, ..., 5 MISSING)."""
 _LOSSES = ("dice", "ce")
 
 
@@ -42,9 +56,22 @@ class TrainResult:
         return self.history[self.best_epoch] if self.history else {}
 
 
+def label_channels(label: Any) -> Any:
+    """KappaSet labels (a torch tensor of codes 0-5) as the network's channels."""
+    import torch
+
+    table = torch.tensor(LABEL_TO_CHANNEL, dtype=torch.int64, device=label.device)
+    return table[label.long()]
+
+
 def dice_loss(logits: Any, target: Any, *, ignore_index: int = UNDEFINED,
               eps: float = 1.0) -> Any:
-    """1 - mean soft dice over the classes, pixels labelled ``ignore_index`` left out."""
+    """1 - mean soft dice over the channels of the softmax of ``logits``, pixels of channel
+    ``ignore_index`` left out; ``target`` holds channel indices.
+
+    The softmax of the classifier's output, not the published sigmoids: both rank the channels
+    alike (the class is the argmax either way), and the softmax trains the 2-channel head far
+    more reliably than independent sigmoids from a random start."""
     import torch
 
     valid = (target != ignore_index).unsqueeze(1)
@@ -109,10 +136,10 @@ def _train_epoch(model: Any, loader: Any, optimizer: Any, scaler: Any, setup: _S
     model.train()
     losses = []
     for image, label in _progress(loader, show=setup.progress, description=f"epoch {epoch}"):
-        image, label = image.to(setup.device), label.to(setup.device)
+        image, label = image.to(setup.device), label_channels(label.to(setup.device))
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(setup.device.type, enabled=setup.amp):
-            loss = setup.loss(model(image), label)
+            loss = setup.loss(model.logits(image), label)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -130,9 +157,9 @@ def _validate(model: Any, loader: Any, setup: _Setup) -> dict[str, float]:
     losses = []
     with torch.inference_mode():
         for image, label in loader:
-            image, label = image.to(setup.device), label.to(setup.device)
+            image, label = image.to(setup.device), label_channels(label.to(setup.device))
             with torch.autocast(setup.device.type, enabled=setup.amp):
-                logits = model(image)
+                logits = model.logits(image)
             losses.append(float(setup.loss(logits, label)))
             matrix.update(logits.argmax(1).cpu().numpy(), label.cpu().numpy())
     dice = matrix.dice()
@@ -169,26 +196,27 @@ def _load_state(path: Path, model: Any, optimizer: Any, scheduler: Any,
 
 
 def _default_range(features: Sequence[str], level: str) -> tuple[list[float], list[float]]:
-    """KappaMask's default min/max, in the data set's channel order."""
-    from ..models.kappamask import KAPPAMASK_L1C_BANDS, KAPPAMASK_L2A_BANDS, default_range
+    """km_predict's min/max of the level's U-Net, in the data set's channel order."""
+    from ..models.kappamask import bands_of, default_range
 
-    layout = KAPPAMASK_L1C_BANDS if level.upper() == "L1C" else KAPPAMASK_L2A_BANDS
+    layout = bands_of(level)
     low, high = (dict(zip(layout, values, strict=True)) for values in default_range(level))
     return [low[name] for name in features], [high[name] for name in features]
 
 
 def _datasets(data: Any, *, level: str, val_fraction: float, seed: int, augment: bool,
               normalization: str, scale: float | None) -> tuple[Any, Any]:
-    from .kappaset import KAPPASET_L1C_FEATURES, KAPPASET_L2A_FEATURES, KappaSetDataset
+    from ..models.kappamask import bands_of
+    from .kappaset import KappaSetDataset
 
     if isinstance(data, KappaSetDataset):
         dataset = data
-    else:
-        features = KAPPASET_L1C_FEATURES if level.upper() == "L1C" else KAPPASET_L2A_FEATURES
+    else:  # the published U-Net's bands, in its order (L2A: AOT .. WVP without B07)
+        features = bands_of(level)
         scaling = (_default_range(features, level) if normalization == "default"
                    else normalization)
-        dataset = KappaSetDataset(data, level=level, normalization=scaling, as_tensor=True,
-                                  scale=scale)
+        dataset = KappaSetDataset(data, level=level, features=features, normalization=scaling,
+                                  as_tensor=True, scale=scale)
     train_set, val_set = dataset.split(fraction=val_fraction, seed=seed)
     if augment:
         train_set = train_set.with_augmentation(seed=seed)
@@ -243,11 +271,14 @@ def train(
         ``lr_factor``, ``device``, ``seed`` and ``progress``; the other options are
         KappaMask's.
     level, depth, filters
-        Input layout (``"L1C"``: 13 bands, ``"L2A"``: 12 bands + AOT + WVP) and network size
-        (the paper's grid: 5/6/7 levels x 32/64/128 filters). ``head_channels`` is the
-        published 2-channel ReLU layer before the classifier; 0 drops it (it can start dead).
+        Input layout, the published U-Net's (``"L1C"``: the 13 bands; ``"L2A"``: AOT, 11
+        bands without B07 and B10, WVP) and network size (the published 5 levels x 64 filters;
+        the paper's grid: 5/6/7 levels x 32/64/128). ``head_channels`` is the published
+        2-channel ReLU layer before the classifier; 0 drops it (it can start dead), which
+        makes the checkpoint unlike the published network.
     epochs, batch_size, learning_rate, loss
-        Training length, batch, Adam's learning rate and ``"dice"`` (the paper's) or ``"ce"``.
+        Training length, batch, Adam's learning rate and ``"dice"`` (the paper's loss is a
+        dice) or ``"ce"`` (cross-entropy), both on the softmax of the classifier's output.
     val_fraction, seed, augment
         Random train/validation split by tile (0.2: the paper's 80/20), its seed, and random
         flips/rotations of training tiles.
@@ -277,7 +308,7 @@ def train(
                            lr_patience=lr_patience, lr_factor=lr_factor, resume=resume,
                            device=device, seed=seed, progress=progress)
     torch = import_optional("torch", extra="training")
-    from ..models.kappamask import KappaMaskUNet
+    from ..models.kappamask_unet import KappaMaskUNet
 
     if loss not in _LOSSES:
         raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
