@@ -188,6 +188,8 @@ def test_superclass_scores_by_hand():
 # KappaMask classes: 0 missing, 1 clear, 2 cloud shadow, 3 semi-transparent, 4 cloud, 5 undefined
 TABLE_1 = {
     "kappamask": {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5},
+    # km_predict's products (mask value = the network's channel): 0 undefined .. 5 missing
+    "kappamask-km-predict": {0: 5, 1: 1, 2: 2, 3: 3, 4: 4, 5: 0},
     "sen2cor-scl": {0: 0, 1: 0, 2: 1, 3: 2, 4: 1, 5: 1, 6: 1, 7: 1, 8: 4, 9: 4, 10: 3, 11: 1},
     "fmask": {0: 1, 1: 1, 2: 2, 3: 1, 4: 4, 255: 0},
     "s2cloudless": {0: 1, 1: 4, 255: 0},

@@ -186,6 +186,18 @@ def test_explicit_scale_replaces_the_rule(tmp_path):
     np.testing.assert_allclose(tile["B12"].values, features["B12"] * 6.5535, rtol=1e-6)
 
 
+def test_explicit_scale_brings_aot_and_wvp_to_xcloud_units(tmp_path):
+    """cm-vsm stores AOT and WVP as DN / 65535 like the bands; xcloud.load gives DN / 1000."""
+    dn = {"AOT": 180.0, "WVP": 2500.0, "B02": 1200.0}
+    features = {n: np.full((8, 8), dn.get(n, 900.0) / 65535, np.float32)
+                for n in bands("L2A")}
+    tile = read_tile(write_tile(tmp_path / "tile_0_0.nc", features, labels()), level="L2A",
+                     scale=CM_VSM_SCALE)
+    np.testing.assert_allclose(tile["AOT"].values, 0.18, rtol=1e-5)
+    np.testing.assert_allclose(tile["WVP"].values, 2.5, rtol=1e-5)
+    np.testing.assert_allclose(tile["B02"].values, 0.12, rtol=1e-5)
+
+
 # --- samples ------------------------------------------------------------------------------------
 
 

@@ -32,11 +32,13 @@ Values
 ------
 Band values are used as stored, with one rule: if the largest finite value of the spectral
 bands (all but AOT and WVP) in a tile exceeds :data:`DN_THRESHOLD` (2), the tile holds digital
-numbers, and its spectral bands are divided by 10000 with an :class:`~xcloud.errors.XcloudWarning`
-(and a ``rescaled`` attribute). ``scale=`` multiplies the spectral bands by a factor of your
-own instead (the rule is then off). cm-vsm stores a band as the image library's 16-bit sample
-divided by 65535, i.e. DN / 65535; ``scale=CM_VSM_SCALE`` turns such values into reflectance
-(DN / 10000). Feature values that are NaN (no data) are set to 0 in :class:`KappaSetDataset`
+numbers, and its spectral bands are divided by 10000 with an
+:class:`~xcloud.errors.XcloudWarning` (and a ``rescaled`` attribute; AOT and WVP are left as
+stored). ``scale=`` multiplies the spectral bands by a factor of your own instead (the rule
+is then off), and AOT and WVP, stored the same way, by ten times that factor. cm-vsm stores
+every band, AOT and WVP too, as the image library's 16-bit sample divided by 65535, i.e.
+DN / 65535; ``scale=CM_VSM_SCALE`` turns such values into reflectance (DN / 10000) and AOT and
+WVP into DN / 1000. Feature values that are NaN (no data) are set to 0 in :class:`KappaSetDataset`
 samples, after normalisation.
 """
 
@@ -58,7 +60,7 @@ import xarray as xr
 
 from .._optional import import_optional
 from ..errors import DatasetError, OptionalDependencyError, XcloudWarning
-from ..synthetic import _SPECTRA, _SPECTRAL, _field
+from ..synthetic import SPECTRA, SPECTRAL_BANDS, smooth_field
 
 __all__ = [
     "CM_VSM_SCALE",
@@ -75,6 +77,7 @@ __all__ = [
     "mosaic",
     "read_tile",
     "synthetic_kappaset",
+    "synthetic_masks",
     "write_tile",
 ]
 
@@ -115,6 +118,7 @@ CM_VSM_SCALE = 65535 / 10000
 
 LABEL = "Label"
 _AUXILIARY = frozenset({"AOT", "WVP"})
+_AUXILIARY_FACTOR = 10.0  # AOT/WVP are DN / 1000 in xcloud.load's units, the bands DN / 10000
 _FEATURES = {"L1C": KAPPASET_L1C_FEATURES, "L2A": KAPPASET_L2A_FEATURES}
 _TILE_FILE = re.compile(r"(?:^|_)tile_(\d+)_(\d+)\.nc$")
 _TILE_DIR = re.compile(r"^tile_\d+_\d+$")
@@ -365,10 +369,13 @@ def _checked_label(path: Path, label: np.ndarray) -> np.ndarray:
 
 def _rescale(path: Path, bands: dict[str, np.ndarray], scale: float | None) -> str | None:
     spectral = [name for name in bands if name not in _AUXILIARY]
+    auxiliary = [name for name in bands if name in _AUXILIARY]
     if scale is not None:
         for name in spectral:
             bands[name] = bands[name] * np.float32(scale)
-        return f"spectral bands multiplied by {scale:g} (scale=)"
+        for name in auxiliary:  # stored like the spectral bands; xcloud's unit is DN / 1000
+            bands[name] = bands[name] * np.float32(scale * _AUXILIARY_FACTOR)
+        return f"spectral bands multiplied by {scale:g}, AOT/WVP by {scale * 10:g} (scale=)"
     peak = max((float(np.max(bands[n], where=np.isfinite(bands[n]), initial=-np.inf))
                 for n in spectral), default=-np.inf)
     if peak <= DN_THRESHOLD:
@@ -832,7 +839,7 @@ def _crs_wkt(crs: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _MGRS_TILES = ("T35VNE", "T35VLF", "T34VFM", "T33UVP", "T32UNU", "T31UFU")
-_SPECTRAL_NAMES = [band.name for band in _SPECTRAL]
+_SPECTRAL_NAMES = [band.name for band in SPECTRAL_BANDS]
 
 
 def synthetic_kappaset(
@@ -902,12 +909,14 @@ def _write_product(folder: Path, rng: np.random.Generator, *, level: str, size: 
     return paths
 
 
-def _synthetic_masks(rng: np.random.Generator, side: int) -> dict[str, np.ndarray]:
-    soil = 1 / (1 + np.exp(-2 * _field(rng, side, side / 16)))
-    thick_field = _field(rng, side, side / 12)
+def synthetic_masks(rng: np.random.Generator, side: int) -> dict[str, np.ndarray]:
+    """Random class layers of a ``side`` x ``side`` synthetic tile: soil fraction, thick and thin
+    cloud, shadow and their texture (the layers :func:`synthetic_kappaset` draws from)."""
+    soil = 1 / (1 + np.exp(-2 * smooth_field(rng, side, side / 16)))
+    thick_field = smooth_field(rng, side, side / 12)
     cut = np.quantile(thick_field, 0.78)
     thick = thick_field > cut
-    thin_field = _field(rng, side, side / 10)
+    thin_field = smooth_field(rng, side, side / 10)
     thin = (thin_field > np.quantile(thin_field, 0.8)) & ~thick
     shift = max(2, side // 16)
     rows, cols = np.indices((side, side))
@@ -927,9 +936,9 @@ def _synthetic_band(masks: dict[str, np.ndarray], name: str,
                     rng: np.random.Generator) -> np.ndarray:
     index = _SPECTRAL_NAMES.index(name)
     soil = masks["soil"]
-    surface = (1 - soil) * _SPECTRA["vegetation"][index] + soil * _SPECTRA["soil"][index]
+    surface = (1 - soil) * SPECTRA["vegetation"][index] + soil * SPECTRA["soil"][index]
     surface = np.where(masks["shadow"], 0.4 * surface, surface)
-    cloud = _SPECTRA["cloud"][index]
+    cloud = SPECTRA["cloud"][index]
     alpha = masks["alpha"]
     value = np.where(masks["thin"], (1 - alpha) * surface + alpha * cloud, surface)
     value = np.where(masks["thick"], cloud * masks["texture"], value)
@@ -938,12 +947,12 @@ def _synthetic_band(masks: dict[str, np.ndarray], name: str,
 
 def _synthetic_scene(rng: np.random.Generator, side: int, level: str,
                      fill: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    masks = _synthetic_masks(rng, side)
+    masks = synthetic_masks(rng, side)
     bands = {name: _synthetic_band(masks, name, rng)
              for name in _FEATURES[level] if name not in _AUXILIARY}
     if level == "L2A":
-        bands["AOT"] = 0.15 + 0.03 * _field(rng, side, side / 8)
-        bands["WVP"] = 1.5 + 0.2 * _field(rng, side, side / 8)
+        bands["AOT"] = 0.15 + 0.03 * smooth_field(rng, side, side / 8)
+        bands["WVP"] = 1.5 + 0.2 * smooth_field(rng, side, side / 8)
     for band in bands.values():
         band[masks["missing"]] = fill
     label = np.full((side, side), 1, np.uint8)

@@ -79,8 +79,8 @@ import numpy as np
 from .._optional import import_optional
 from ..errors import DatasetError
 from ..evaluation import schemes as _schemes
-from ..synthetic import _SPECTRA, _field
-from .kappaset import _synthetic_masks
+from ..synthetic import SPECTRA, smooth_field
+from .kappaset import synthetic_masks
 
 __all__ = [
     "BN_BATCHES",
@@ -492,7 +492,7 @@ SYNTHETIC_A_BANDS = ("B02", "B03", "B04", "B8A", "B11", "B12")
 
 
 def _truth(masks: dict[str, np.ndarray], rng: np.random.Generator, side: int) -> np.ndarray:
-    water_field, snow_field = _field(rng, side, side / 10), _field(rng, side, side / 10)
+    water_field, snow_field = smooth_field(rng, side, side / 10), smooth_field(rng, side, side / 10)
     water = water_field > np.quantile(water_field, 0.8)
     snow = (snow_field > np.quantile(snow_field, 0.85)) & ~water
     truth = np.where(water, 1, np.where(snow, 2, 0)).astype(np.uint8)
@@ -504,11 +504,11 @@ def _truth(masks: dict[str, np.ndarray], rng: np.random.Generator, side: int) ->
 def _band_values(masks: dict[str, np.ndarray], truth: np.ndarray, band: int,
                  rng: np.random.Generator) -> np.ndarray:
     soil = masks["soil"]
-    land = (1 - soil) * _SPECTRA["vegetation"][band] + soil * _SPECTRA["soil"][band]
+    land = (1 - soil) * SPECTRA["vegetation"][band] + soil * SPECTRA["soil"][band]
     surface = np.select([truth == 1, truth == 2],
                         [_SURFACE_SPECTRA["water"][band], _SURFACE_SPECTRA["snow"][band]], land)
     surface = np.where(masks["shadow"], 0.4 * surface, surface)
-    cloud, alpha = _SPECTRA["cloud"][band], masks["alpha"]
+    cloud, alpha = SPECTRA["cloud"][band], masks["alpha"]
     value = np.where(masks["thin"], (1 - alpha) * surface + alpha * cloud, surface)
     value = np.where(masks["thick"], cloud * masks["texture"], value)
     value = value + rng.normal(0, 0.003, value.shape)
@@ -532,7 +532,7 @@ def synthetic_partial_scene(size: int = 32, *, seed: Any = 0,
     if size < 16:
         raise DatasetError("synthetic_partial_scene needs size >= 16")
     rng = np.random.default_rng(seed)
-    masks = _synthetic_masks(rng, size)
+    masks = synthetic_masks(rng, size)
     truth = _truth(masks, rng, size)
     image = np.stack([_band_values(masks, truth, _S2_BANDS.index(b), rng) for b in bands])
     return image, truth
