@@ -100,7 +100,7 @@ def test_registered_variants(name, bands, level):
     assert (info.bands, info.level) == (bands, level)
     assert (info.tile_size, info.tile_overlap, info.resolution) == (512, 64, 10.0)
     assert info.normalization.kind == "none" and info.needs_weights_file
-    assert "CC-BY-4.0" in info.licence
+    assert "CC-BY-NC-4.0" in info.licence  # the model card's licence: non-commercial
     assert info.scheme is CLOUDSEN12_SCHEME and info.scheme.nodata.value == 255
 
 
