@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .unet_decoder import UnetDecoder
+
 __all__ = ["EfficientNetUNet", "EfficientNetUNetConfig", "MBConvConfig"]
 
 _BN_EPS_ENCODER = 1e-3
@@ -136,43 +138,6 @@ class _Encoder(nn.Module):
         return features
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels, eps=_BN_EPS_DECODER),
-        nn.ReLU(inplace=True),
-    )
-
-
-class _DecoderBlock(nn.Module):
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = _conv_bn_relu(in_channels + skip_channels, out_channels)
-        self.conv2 = _conv_bn_relu(out_channels, out_channels)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        if skip is not None:
-            x = torch.cat([x, skip], dim=1)
-        return self.conv2(self.conv1(x))
-
-
-class _Decoder(nn.Module):
-    def __init__(self, skip_channels: list[int], head_channels: int, channels: tuple[int, ...]):
-        super().__init__()
-        in_channels = [head_channels, *channels[:-1]]
-        skips = [*skip_channels, *([0] * (len(channels) - len(skip_channels)))]
-        self.blocks = nn.ModuleList(
-            _DecoderBlock(i, s, o) for i, s, o in zip(in_channels, skips, channels, strict=True)
-        )
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x, skips = features[-1], features[-2::-1]
-        for index, block in enumerate(self.blocks):
-            x = block(x, skips[index] if index < len(skips) else None)
-        return x
-
-
 class _Model(nn.Module):
     def __init__(self, cfg: EfficientNetUNetConfig) -> None:
         super().__init__()
@@ -180,7 +145,8 @@ class _Model(nn.Module):
         skip_channels = [cfg.blocks[end - 1].out_channels for end in cfg.stage_ends[:-1]]
         skip_channels = [*skip_channels[::-1], cfg.stem_channels]
         head = cfg.blocks[-1].out_channels
-        self.decoder = _Decoder(skip_channels, head, cfg.decoder_channels)
+        self.decoder = UnetDecoder(skip_channels, head, cfg.decoder_channels,
+                                   bn_eps=_BN_EPS_DECODER)
         self.segmentation_head = nn.Sequential(
             nn.Conv2d(cfg.decoder_channels[-1], cfg.classes, 3, padding=1)
         )

@@ -25,8 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .unet_decoder import UnetDecoder
 
 __all__ = ["DECODER_CHANNELS", "ENCODER_CHANNELS", "UnetMobileNetV2", "UnetMobileNetV2Config",
            "mobilenet_v2_features"]
@@ -150,47 +151,6 @@ class _MobileNetV2Encoder(nn.Module):
         return outputs
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """smp's ``Conv2dReLU``: 3x3 convolution without bias, batch norm, ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-class _DecoderBlock(nn.Module):
-    """Upsample x2 (nearest), concatenate the skip (if any), two 3x3 conv-BN-ReLU."""
-
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = _conv_bn_relu(in_channels + skip_channels, out_channels)
-        self.conv2 = _conv_bn_relu(out_channels, out_channels)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        if skip is not None:
-            x = torch.cat([x, skip], dim=1)
-        return self.conv2(self.conv1(x))
-
-
-class _UnetDecoder(nn.Module):
-    """smp's U-Net decoder over the five encoder stages (no centre block, no attention)."""
-
-    def __init__(self, channels: tuple[int, ...]) -> None:
-        super().__init__()
-        inputs = (ENCODER_CHANNELS[-1], *channels[:-1])
-        skips = (*reversed(ENCODER_CHANNELS[:-1]), 0)
-        self.blocks = nn.ModuleList(
-            _DecoderBlock(i, s, o) for i, s, o in zip(inputs, skips, channels, strict=True))
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x, skips = features[-1], features[-2::-1]
-        for index, block in enumerate(self.blocks):
-            x = block(x, skips[index] if index < len(skips) else None)
-        return x
-
-
 class UnetMobileNetV2(nn.Module):
     """smp's ``Unet(encoder_name="mobilenet_v2")``; returns logits (N, n_classes, H, W).
 
@@ -215,7 +175,8 @@ class UnetMobileNetV2(nn.Module):
         super().__init__()
         self.config = UnetMobileNetV2Config(in_channels, n_classes, tuple(decoder_channels))
         self.encoder = _MobileNetV2Encoder(in_channels)
-        self.decoder = _UnetDecoder(self.config.decoder_channels)
+        self.decoder = UnetDecoder(tuple(reversed(ENCODER_CHANNELS[:-1])),
+                                   ENCODER_CHANNELS[-1], self.config.decoder_channels)
         self.segmentation_head = nn.Sequential(
             nn.Conv2d(self.config.decoder_channels[-1], n_classes, 3, padding=1)
         )
