@@ -64,8 +64,9 @@ from ..errors import MissingWeightsError, WeightsError
 from ._checkpoint import load_state, read_checkpoint
 from .classes import ClassScheme, CloudClass
 from .fetch import resolve_weights
-from .protocol import BaseCloudModel, ModelInfo, Normalization
+from .protocol import ModelInfo, Normalization
 from .registry import ModelEntry, register
+from .torch_model import TorchCloudModel
 from .torchscript_archive import is_torchscript_archive, read_torchscript_tensors
 from .unet_mobilenet import UnetMobileNetV2, UnetMobileNetV2Config
 
@@ -218,43 +219,48 @@ def pad_to_multiple(batch: np.ndarray, multiple: int = _MULTIPLE
     repeating the edge pixel (``numpy.pad(mode="reflect")``). Returns the padded batch and
     the (rows, columns) slices that crop an output back to H x W.
     """
-    pads, crops = [(0, 0), (0, 0)], []
-    for length in batch.shape[-2:]:
+    pads, crops = _padding(batch.shape[-2:], multiple)
+    if any(after or before for before, after in pads):
+        batch = np.pad(batch, [(0, 0), (0, 0), *pads], mode="reflect")
+    return batch, crops
+
+
+def _padding(shape: tuple[int, ...], multiple: int
+             ) -> tuple[list[tuple[int, int]], tuple[slice, slice]]:
+    pads, crops = [], []
+    for length in shape:
         total = max(multiple, -(-length // multiple) * multiple) - length
         before = total // 2
         pads.append((before, total - before))
         crops.append(slice(before, before + length))
-    if any(after or before for before, after in pads):
-        batch = np.pad(batch, pads, mode="reflect")
-    return batch, (crops[0], crops[1])
+    return pads, (crops[0], crops[1])
 
 
-class CloudSEN12Model(BaseCloudModel):
-    """A CloudSEN12 network loaded for the engine: softmax over the 4 output channels."""
+class CloudSEN12Model(TorchCloudModel):
+    """A CloudSEN12 network loaded for the engine: softmax over the 4 output channels, the
+    input reflect-padded to a multiple of 32 and the output cropped back (``CDModel.predict``)."""
 
     def __init__(self, network: UnetMobileNetV2, info: ModelInfo, *,
                  device: str = "cpu") -> None:
-        self.info = info
-        self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
+        super().__init__(network, info, device=device)
+
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """The batch reflect-padded to multiples of 32 (:func:`pad_to_multiple`)."""
+        return pad_to_multiple(batch)[0]
+
+    def finish(self, proba: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """``proba`` cropped back to the batch's height and width."""
+        rows, cols = _padding(batch.shape[-2:], _MULTIPLE)[1]
+        return np.ascontiguousarray(proba[:, :, rows, cols])
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
-        """Logits (N, 4, H, W) of reflectance (N, bands, H, W), in float32.
-
-        An H or W that is not a multiple of 32 is reflect-padded and the output cropped
-        (:func:`pad_to_multiple`), as the authors' ``CDModel.predict``.
-        """
-        padded, (rows, cols) = pad_to_multiple(np.asarray(batch, dtype=np.float32))
+        """Logits (N, 4, H, W) of reflectance (N, bands, H, W), in float32, padded and cropped
+        as :meth:`predict_proba`; their argmax is the authors' ``CDModel`` classes."""
+        batch = np.asarray(batch, dtype=np.float32)
         with torch.inference_mode():
-            tensor = torch.from_numpy(np.ascontiguousarray(padded))
-            logits = self.network(tensor.to(self.device)).float()
-            return logits[:, :, rows, cols].cpu().numpy()
-
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 4, H, W) of reflectance (N, bands, H, W): the softmax of
-        :meth:`predict_logits`, channels in the authors' class order."""
-        logits = torch.from_numpy(self.predict_logits(batch))
-        return torch.softmax(logits, dim=1).numpy()
+            tensor = torch.from_numpy(np.ascontiguousarray(self.prepare(batch)))
+            logits = self.forward(tensor.to(self.device)).float().cpu().numpy()
+        return self.finish(logits, batch)
 
 
 def _info(variant: str, *, version: str, weights_source: str) -> ModelInfo:

@@ -56,8 +56,9 @@ from torch import nn
 from .._optional import import_optional
 from ..errors import MissingWeightsError, WeightsError
 from .classes import S2CLOUDLESS_SCHEME
-from .protocol import BaseCloudModel, ModelInfo
+from .protocol import ModelInfo
 from .registry import ModelEntry, register, sha256
+from .torch_model import TorchCloudModel
 
 __all__ = [
     "DL_L8S2_UV_MODELS",
@@ -502,22 +503,17 @@ def load_keras_hdf5(path: str | os.PathLike[str]) -> DLL8S2UVNet:
 # --------------------------------------------------------------------------- the xcloud model
 
 
-class DLL8S2UVModel(BaseCloudModel):
+class DLL8S2UVModel(TorchCloudModel):
     """A DL-L8S2-UV network loaded for the engine: probabilities [clear, cloud] in float32."""
 
     def __init__(self, network: DLL8S2UVNet, info: ModelInfo, *, device: str = "cpu") -> None:
-        self.info = info
-        self.device = torch.device(device)
         # channels-last measured 2-5x faster on CPU (depthwise convolutions)
-        self.network = network.to(self.device, memory_format=torch.channels_last).eval()
+        super().__init__(network, info, device=device, channels_last=True)
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """``[1 - p, p]`` (N, 2, H, W) for TOA reflectance (N, bands, H, W); p is cloud."""
-        with torch.inference_mode():
-            tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            tensor = tensor.to(self.device).contiguous(memory_format=torch.channels_last)
-            cloud = self.network(tensor).float().cpu().numpy()
-        return np.concatenate([1.0 - cloud, cloud], axis=1)
+    def outputs(self, raw: torch.Tensor) -> torch.Tensor:
+        """``[1 - p, p]`` (N, 2, H, W) from the network's cloud probability p."""
+        cloud = raw.float()
+        return torch.cat([1.0 - cloud, cloud], dim=1)
 
     def classify(self, proba: np.ndarray) -> np.ndarray:
         """Cloud (1) where the cloud probability is at least 0.5, as the authors threshold."""

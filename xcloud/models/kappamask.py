@@ -74,8 +74,9 @@ from .classes import KAPPAMASK_SCHEME
 from .fetch import resolve_weights
 from .kappamask_unet import KAPPAMASK_CHANNELS, KappaMaskConfig, KappaMaskUNet
 from .keras_hdf5 import KerasWeights, is_keras_hdf5, read_keras_weights
-from .protocol import BaseCloudModel, ModelInfo, Normalization
+from .protocol import ModelInfo, Normalization
 from .registry import ModelEntry, register
+from .torch_model import TorchCloudModel
 
 __all__ = [
     "KAPPAMASK_CHANNELS",
@@ -351,7 +352,7 @@ def load_checkpoint(path: str | os.PathLike[str], *,
 # --------------------------------------------------------------------------- the model
 
 
-class KappaMaskModel(BaseCloudModel):
+class KappaMaskModel(TorchCloudModel):
     """A KappaMask network loaded for the engine.
 
     ``network`` maps normalised input ``(N, bands, H, W)`` to the six outputs ``(N, 6, H, W)``
@@ -363,21 +364,18 @@ class KappaMaskModel(BaseCloudModel):
     def __init__(self, network: nn.Module, info: ModelInfo, *, device: str = "cpu",
                  band_order: Sequence[int] | None = None,
                  meta: CheckpointMeta | None = None) -> None:
-        self.info = info
+        super().__init__(network, info, device=device)
         self.meta = meta
-        self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
         order = list(band_order) if band_order is not None else None
         self._order = None if order is None or order == list(range(len(order))) else order
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """The six outputs (N, 6, H, W) float32 for normalised input (N, bands, H, W)."""
-        batch = np.asarray(batch, dtype=np.float32)
-        if self._order is not None:
-            batch = batch[:, self._order]
-        with torch.inference_mode():
-            tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            return self.network(tensor).float().cpu().numpy()
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """The batch in the network's band order."""
+        return batch if self._order is None else batch[:, self._order]
+
+    def outputs(self, raw: torch.Tensor) -> torch.Tensor:
+        """The network's own outputs: its sigmoids (U-Net) or softmax (DeepLabv3+)."""
+        return raw
 
 
 def _no_weights(name: str, level: str, architecture: str) -> str:
