@@ -15,6 +15,9 @@ MOBILENET_V2_WITHOUT_CLASSIFIER = 3_504_872 - (1280 * 1000 + 1000)  # torchvisio
 PARAMETERS_13_7 = 22_470_359
 MOBILENET_V2_32_7 = 4_388_407  # the SEnSeI-v2 fixture's segmenter (32 embedding channels)
 SENSEI_DEEPLAB_RESNET34 = 22_871_061  # SEnSeI-v2 + DeepLabV3+ resnet34, full size
+# torchvision resnet50: 25,557,032 parameters, less the 2048 x 1000 classifier
+RESNET50_WITHOUT_FC = 25_557_032 - (2048 * 1000 + 1000)
+RESNET50_32_4 = 26_769_300  # DeepLabV3+ resnet50 on 32 SEnSeI channels, 4 classes
 
 DEEPLAB_FIXTURE = "fixtures/sensei_v2_published_deeplab"
 DEEPLAB_VARIANT = "SEnSeIv2-DeepLabv3plus-mobilenet_v2-test"
@@ -282,8 +285,9 @@ def test_output_stride_8_dilates_two_stages(encoder):
 
 
 def test_unknown_encoder_is_refused_naming_the_argument():
-    with pytest.raises(ValueError, match=r"encoder='resnet50'.*resnet34, mobilenet_v2"):
-        DeepLabV3Plus(4, 3, encoder="resnet50")
+    with pytest.raises(ValueError,
+                       match=r"encoder='resnet101'.*resnet34, resnet50, mobilenet_v2"):
+        DeepLabV3Plus(4, 3, encoder="resnet101")
     with pytest.raises(ValueError, match="upsampling"):
         DeepLabV3Plus(4, 3, upsampling=0)
 
@@ -305,3 +309,116 @@ def test_initialisation_follows_smp_032(encoder):
     head = patched.segmentation_head[0]
     assert head.weight.abs().max() <= head.weight[0].numel() ** -0.5
     assert head.bias.abs().max() > 0
+
+
+# -- resnet50 (SEnSeIv2-DeepLabv3-S2-unambiguous) ---------------------------------------------
+
+
+def torchvision_resnet50_keys() -> dict[str, tuple[int, ...]]:
+    """torchvision's resnet50 state-dict keys and shapes without ``fc``, written out from
+    its definition (v1.5 bottlenecks, layers 3, 4, 6, 3; torchvision is not a dependency)."""
+    keys: dict[str, tuple[int, ...]] = {}
+
+    def bn(name, channels):
+        for suffix in ("weight", "bias", "running_mean", "running_var"):
+            keys[f"{name}.{suffix}"] = (channels,)
+        keys[f"{name}.num_batches_tracked"] = ()
+
+    keys["conv1.weight"] = (64, 3, 7, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    stages = zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)
+    for layer, (planes, blocks) in enumerate(stages, start=1):
+        for index in range(blocks):
+            name = f"layer{layer}.{index}"
+            keys[f"{name}.conv1.weight"] = (planes, inplanes, 1, 1)
+            bn(f"{name}.bn1", planes)
+            keys[f"{name}.conv2.weight"] = (planes, planes, 3, 3)
+            bn(f"{name}.bn2", planes)
+            keys[f"{name}.conv3.weight"] = (planes * 4, planes, 1, 1)
+            bn(f"{name}.bn3", planes * 4)
+            if index == 0:
+                keys[f"{name}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
+                bn(f"{name}.downsample.1", planes * 4)
+            inplanes = planes * 4
+    return keys
+
+
+def test_resnet50_is_torchvisions_without_fc():
+    encoder = ENCODERS["resnet50"].build(3)
+    shapes = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+    expected = torchvision_resnet50_keys()
+    assert list(shapes) == list(expected)  # names, shapes and order of torchvision's
+    assert shapes == expected and len(shapes) == 318  # torchvision's 320, less fc.weight/bias
+    assert sum(p.numel() for p in encoder.parameters()) == RESNET50_WITHOUT_FC == 23_508_032
+    assert counted(encoder.state_dict()) == RESNET50_WITHOUT_FC
+    assert ENCODERS["resnet50"].channels == (64, 256, 512, 1024, 2048)
+
+
+def test_resnet50_deeplab_parameter_count_and_smp_layout():
+    network = DeepLabV3Plus(32, 4, encoder="resnet50", upsampling=1)
+    encoder = sum(p.numel() for p in network.encoder.parameters())
+    assert encoder == RESNET50_WITHOUT_FC + 64 * 7 * 7 * (32 - 3) == 23_598_976
+    assert network.n_parameters() == RESNET50_32_4 == encoder + decoder_count(4, deep=2048,
+                                                                             low=256)
+    shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    assert shapes["encoder.conv1.weight"] == (64, 32, 7, 7)  # smp's patch_first_conv shape
+    assert shapes["encoder.layer4.0.downsample.0.weight"] == (2048, 1024, 1, 1)
+    assert shapes["decoder.aspp.0.convs.0.0.weight"] == (256, 2048, 1, 1)
+    assert shapes["decoder.block1.0.weight"] == (48, 256, 1, 1)  # layer1: 256 channels
+    assert shapes["segmentation_head.0.weight"] == (4, 256, 1, 1)
+    expected = {f"encoder.{k}": v for k, v in torchvision_resnet50_keys().items()}
+    expected["encoder.conv1.weight"] = (64, 32, 7, 7)
+    assert {k: v for k, v in shapes.items() if k.startswith("encoder.")} == expected
+
+
+def test_resnet50_stage_5_is_dilated_as_smp_does():
+    """smp's replace_strides_with_dilation on layer4: every convolution stride 1 and
+    dilation 2, padding (k // 2) * 2 (3x3 conv2: 2; 1x1 conv1/conv3/downsample: 0)."""
+    network = DeepLabV3Plus(5, 2, encoder="resnet50").eval()
+    encoder = network.encoder
+    for block in encoder.layer4:
+        assert (block.conv2.stride, block.conv2.dilation, block.conv2.padding) == (
+            (1, 1), (2, 2), (2, 2))
+        for conv in (block.conv1, block.conv3):
+            assert (conv.stride, conv.dilation, conv.padding) == ((1, 1), (2, 2), (0, 0))
+    shortcut = encoder.layer4[0].downsample[0]
+    assert (shortcut.stride, shortcut.dilation, shortcut.padding) == ((1, 1), (2, 2), (0, 0))
+    # layer3 keeps torchvision's stride on conv2 and on the shortcut (v1.5)
+    assert encoder.layer3[0].conv2.stride == (2, 2) and encoder.layer3[0].conv1.stride == (1, 1)
+    assert encoder.layer3[0].downsample[0].stride == (2, 2)
+    assert encoder.layer1[0].downsample is not None  # 64 -> 256 channels at stride 1
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 5, 64, 96))
+        logits = network(torch.randn(2, 5, 64, 96))
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (64, 32, 48), (256, 16, 24), (512, 8, 12), (1024, 4, 6), (2048, 4, 6)]
+    assert logits.shape == (2, 2, 64, 96)
+
+
+def test_bottleneck_computes_torchvisions_block():
+    """The bottleneck's forward, written out: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(
+    conv1(x))))))) + downsample(x))."""
+    from xcloud.models.deeplabv3plus import Bottleneck
+
+    torch.manual_seed(0)
+    block = Bottleneck(16, 8, stride=2).eval()
+    for module in block.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 16, 12, 10)
+    f = torch.nn.functional
+
+    def bn(m, t):
+        return f.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0, m.eps)
+
+    out = f.relu(bn(block.bn1, f.conv2d(x, block.conv1.weight)))
+    out = f.relu(bn(block.bn2, f.conv2d(out, block.conv2.weight, stride=2, padding=1)))
+    out = bn(block.bn3, f.conv2d(out, block.conv3.weight))
+    shortcut = bn(block.downsample[1], f.conv2d(x, block.downsample[0].weight, stride=2))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), f.relu(out + shortcut))
+    assert block(x).shape == (2, 32, 6, 5)

@@ -422,3 +422,236 @@ def test_engine_with_the_released_lattice_gives_the_authors_scene_mask(segformer
     np.testing.assert_allclose(mask[same], io["scene_mask4_bs1"][same], atol=1e-4, rtol=0)
     equal = mask.argmax(0)[same[1:]] == io["scene_classes4_bs1"][same[1:]]
     assert equal.mean() >= 0.999 and equal.size >= 0.6 * mask[0].size, equal.size
+
+
+# -- the published 4-class models: SEnSeIv2-DeepLabv3-S2-unambiguous and the baseline ---------
+# No authors' fixtures exist for these two: the folders are built as the authors' code lays
+# them out (config.yaml in their format, weights.pt = torch.save of a plain dict of tensors,
+# keys from xcloud's network with random values).
+
+DEEPLAB4 = "sensei-v2-deeplabv3-s2-unambiguous"
+BASELINE = "sensei-v2-baseline-segformer-b2-s2-unambiguous"
+FOUR_CLASSES = ("clear", "thick_cloud", "thin_cloud", "cloud_shadow")
+FOUR_CLASS_MEANINGS = "clear thick_cloud thin_cloud cloud_shadow no_data"
+
+
+def randomised(state: dict) -> dict:
+    """A state dict with random values everywhere: the network's own random initialisation
+    for weight matrices and kernels, random 1-d parameters and batch-norm statistics."""
+    generator = torch.Generator().manual_seed(1)
+    out = {}
+    for key, value in state.items():
+        if not value.is_floating_point() or value.ndim > 1:
+            out[key] = value.clone()
+        elif key.endswith(("running_var", "weight")):  # variances, norm scales
+            out[key] = 0.5 + torch.rand(value.shape, generator=generator)
+        else:  # biases, running means
+            out[key] = 0.1 * torch.randn(value.shape, generator=generator)
+    return out
+
+
+def authors_folder(root, name: str, config: dict, state: dict, *, sensei: dict | None = None):
+    """hf_models/full-models/<name>/{config.yaml, weights.pt} (+ sensei-configs/)."""
+    folder = root / "hf_models" / "full-models" / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"NAME": name, **config},
+                                                       sort_keys=False))
+    torch.save(dict(state), folder / "weights.pt")
+    if sensei is not None:
+        configs = root / "hf_models" / "sensei-configs"
+        configs.mkdir(parents=True, exist_ok=True)
+        (configs / "senseiv2-medium.yaml").write_text(yaml.safe_dump(sensei))
+    return folder
+
+
+DEEPLAB4_CONFIG = {"MODEL_TYPE": "DeepLabv3+", "DEEPLAB_CONFIG": "resnet50",
+                   "SEnSeIv2": "hf_models/sensei-configs/senseiv2-medium.yaml", "CLASSES": 4,
+                   "PATCH_SIZE": 256}
+
+
+@pytest.fixture(scope="module")
+def deeplab4(tmp_path_factory):
+    """The published 4-class DeepLab folder's layout (senseiv2-medium is not available
+    offline: the paper's sensei config stands in under its name) and the network written."""
+    torch.manual_seed(0)
+    network = sensei_v2(HeadSpec("deeplab", encoder="resnet50"), n_classes=4)
+    state = randomised(network.state_dict())
+    network.load_state_dict(state)
+    root = tmp_path_factory.mktemp("deeplab4")
+    folder = authors_folder(root, "SEnSeIv2-DeepLabv3-S2-unambiguous", DEEPLAB4_CONFIG, state,
+                            sensei=DEFAULT_SENSEI_CONFIG)
+    return folder, network.eval(), state
+
+
+def test_deeplab_4_class_loads_every_key_and_gives_4_channels(deeplab4):
+    folder, network, state = deeplab4
+    model = xcloud.models.load(DEEPLAB4, weights=folder)
+    assert model.info.scheme.names == FOUR_CLASSES and model.info.scheme.nodata.value == 255
+    assert model.info.bands == SENTINEL2_L1C_BANDS  # the released Sentinel-2 loader's order
+    assert model.network.head_spec.encoder == "resnet50" and model.network.n_classes == 4
+    # the paper's sensei config (341,118) + DeepLabV3+ resnet50 on 32 channels, 4 classes
+    # (26,769,300: tests/test_deeplabv3plus.py); 444 keys, 379 of them segmenter.*
+    assert sum(p.numel() for p in model.network.parameters()) == 341_118 + 26_769_300
+    assert len(state) == 444 and sum(k.startswith("segmenter.") for k in state) == 379
+    loaded = model.network.state_dict()
+    assert list(loaded) == list(state)  # every key of weights.pt used, none left untouched
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    x = np.random.default_rng(0).random((2, 13, 40, 36), dtype=np.float32) * 0.4
+    proba = model.predict_proba(x)
+    assert proba.shape == (2, 4, 40, 36) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    vectors = torch.from_numpy(band_descriptors(SENTINEL2_L1C_BANDS))[None]
+    with torch.no_grad():
+        expected = [torch.softmax(network(torch.from_numpy(x[i:i + 1]), vectors), 1)
+                    for i in range(2)]
+    np.testing.assert_allclose(proba, torch.cat(expected).numpy(), atol=1e-5, rtol=0)
+    assert proba.std(axis=(2, 3)).max() > 0.05  # not a constant: the check above has teeth
+
+
+def test_deeplab_4_class_entries_refuse_the_wrong_folder(deeplab4, segformer, tmp_path):
+    folder, _, state = deeplab4
+    with pytest.raises(WeightsError, match=f"4-class model.*model='{DEEPLAB4}'"):
+        xcloud.models.load("sensei-v2", weights=folder)  # 7 classes: would give wrong shapes
+    # a 7-class folder under the 4-class model's NAME
+    seven = _copy(segformer, tmp_path / "seven")
+    config = yaml.safe_load((seven / "config.yaml").read_text())
+    (seven / "config.yaml").write_text(yaml.safe_dump(
+        {**config, "NAME": "SEnSeIv2-DeepLabv3-S2-unambiguous"}))
+    with pytest.raises(WeightsError, match=r"7-class model.*model='sensei-v2'"):
+        xcloud.models.load(DEEPLAB4, weights=seven)
+    with pytest.raises(WeightsError, match="not 'SEnSeIv2-DeepLabv3-S2-unambiguous'"):
+        xcloud.models.load(DEEPLAB4, weights=segformer.folder)
+    # a key set that does not match: one missing, one foreign
+    key = "segmenter.encoder.layer4.2.conv3.weight"
+    for broken, message in (({k: v for k, v in state.items() if k != key}, "lacks 1 tensors"),
+                            ({**state, "segmenter.encoder.fc.weight": torch.zeros(4, 2048)},
+                             r"segmenter\.encoder\.fc\.weight")):
+        other = authors_folder(tmp_path / message[:5].strip(), folder.name, DEEPLAB4_CONFIG,
+                               broken, sensei=DEFAULT_SENSEI_CONFIG)
+        with pytest.raises(WeightsError, match=message):
+            xcloud.models.load(DEEPLAB4, weights=other)
+    resnet101 = {**DEEPLAB4_CONFIG, "DEEPLAB_CONFIG": "resnet101"}
+    other = authors_folder(tmp_path / "r101", folder.name, resnet101, state,
+                           sensei=DEFAULT_SENSEI_CONFIG)
+    with pytest.raises(WeightsError, match="DEEPLAB_CONFIG 'resnet101'"):
+        xcloud.models.load(DEEPLAB4, weights=other)
+
+
+def test_deeplab_4_class_mask_through_the_engine(deeplab4):
+    folder, _, _ = deeplab4
+    scene = synthetic_scene(48)
+    mask = scene.cloudmask.predict(model=DEEPLAB4, weights=folder, tile_size=32,
+                                   tile_overlap=8)
+    assert mask.attrs["flag_meanings"] == FOUR_CLASS_MEANINGS
+    assert mask.attrs["flag_values"] == [0, 1, 2, 3, 255] and mask.shape == (48, 48)
+    assert set(np.unique(mask.values)) <= {0, 1, 2, 3}
+    proba = xcloud.predict(scene, model=DEEPLAB4, weights=folder, tile_size=32,
+                           tile_overlap=8, output="proba")
+    assert proba["class"].values.tolist() == list(FOUR_CLASSES)
+    np.testing.assert_allclose(proba.values.sum(0), 1.0, atol=1e-5)
+
+
+def legacy_segformer_b2_keys(root) -> list[str]:
+    """The ``segmenter.*`` keys of a published SegFormer-B2 (transformers 4 names, from the
+    full-size layout of the authors' code)."""
+    layout = json.loads((root / "layout_full_size.json").read_text())["segformer_b2"]
+    return [row["key"] for row in layout["layout"] if row["key"].startswith("segmenter.")]
+
+
+BASELINE_CONFIG = {"MODEL_TYPE": "Segformer", "SEGFORMER_CONFIG": "nvidia/mit-b2",
+                   "NUM_CHANNELS": 13, "CLASSES": 4, "PATCH_SIZE": 256}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, segformer):
+    """The published baseline's layout: SegFormer-B2 on 13 bands, 4 classes, its
+    ``segmenter.*`` keys named as the authors' transformers wrote them."""
+    from xcloud.models.sensei_encoder import BaselineNetwork
+
+    torch.manual_seed(0)
+    network = BaselineNetwork(segformer_spec("nvidia/mit-b2", segformer.folder), 13,
+                              n_classes=4)
+    ours = randomised(network.state_dict())
+    network.load_state_dict(ours)
+    legacy = legacy_segformer_b2_keys(segformer.root)
+    renamed = {key: "segmenter." + segformer_current_key(key.removeprefix("segmenter."))
+               for key in legacy}
+    assert sorted(renamed.values()) == sorted(ours)  # the same tensors, the authors' names
+    state = {key: ours[current] for key, current in renamed.items()}
+    root = tmp_path_factory.mktemp("baseline")
+    folder = authors_folder(root, "SegFormerB2-S2-unambiguous", BASELINE_CONFIG, state)
+    return folder, network.eval(), state
+
+
+def test_baseline_loads_every_key_and_runs_as_released(baseline):
+    folder, network, state = baseline
+    model = xcloud.models.load(BASELINE, weights=folder)
+    assert model.info.scheme.names == FOUR_CLASSES and model.info.bands == SENTINEL2_L1C_BANDS
+    assert model.network.in_channels == 13 and model.network.n_classes == 4
+    # the fixture's full-size SEnSeI-v2 + SegFormer-B2 (27,784,069), less SEnSeI-v2 (341,118),
+    # less 19 input channels of the 7x7x64 patch embedding, less 3 classes of the 768-wide
+    # classifier
+    n_parameters = 27_784_069 - 341_118 - 19 * 7 * 7 * 64 - 3 * (768 + 1)
+    assert sum(p.numel() for p in model.network.parameters()) == n_parameters == 27_381_060
+    loaded = model.network.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.values(), network.state_dict().values(),
+                                                 strict=True))
+    assert len(loaded) == len(state) == 380  # SegFormer-B2's segmenter.*: every key used
+    x = np.random.default_rng(1).random((1, 13, 48, 40), dtype=np.float32) * 0.5
+    x[0, 3, 5, 7] = np.nan  # read as 0, as the released pipeline's missing pixels
+    proba = model.predict_proba(x)
+    assert proba.shape == (1, 4, 48, 40)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    # the released FullModel with senseiv2=None: logits at 1/4, bilinear
+    # (align_corners=False) to the input size, softmax
+    with torch.no_grad():
+        logits = network.segmenter(torch.from_numpy(np.nan_to_num(x)))
+        assert logits.shape[-2:] == (12, 10)
+        expected = torch.softmax(torch.nn.functional.interpolate(
+            logits, size=(48, 40), mode="bilinear", align_corners=False), 1)
+    np.testing.assert_allclose(proba, expected.numpy(), atol=1e-5, rtol=0)
+    assert proba.std(axis=(2, 3)).max() > 0.01  # not a constant (measured 0.028)
+    with pytest.raises(BandError, match=r"\(N, 13, H, W\)"):
+        model.predict_proba(x[:, :4])
+
+
+def test_baseline_entries_refuse_the_wrong_folder(baseline, segformer, tmp_path):
+    folder, _, state = baseline
+    with pytest.raises(WeightsError, match=f"without SEnSeI-v2.*model='{BASELINE}'"):
+        xcloud.models.load("sensei-v2", weights=folder)
+    with pytest.raises(WeightsError, match="names a SEnSeIv2 config"):
+        xcloud.models.load(BASELINE, weights=segformer.folder)
+    key = "segmenter.decode_head.classifier.weight"
+    missing = authors_folder(tmp_path / "m", folder.name, BASELINE_CONFIG,
+                             {k: v for k, v in state.items() if k != key})
+    with pytest.raises(WeightsError, match=rf"lacks 1 tensors.*{key}"):
+        xcloud.models.load(BASELINE, weights=missing)
+    foreign = authors_folder(tmp_path / "f", folder.name, BASELINE_CONFIG,
+                             {**state, "senseiv2.blocks.0.weight": torch.zeros(1)})
+    with pytest.raises(WeightsError, match=r"senseiv2\.blocks\.0\.weight"):
+        xcloud.models.load(BASELINE, weights=foreign)
+    # a 7-class baseline (tiny SegFormer, local SEGFORMER_CONFIG folder) is not this model
+    tiny = {**TINY_SEGFORMER, "num_channels": 13, "num_labels": 7}
+    from xcloud.models.sensei_encoder import BaselineNetwork
+
+    seven = BaselineNetwork(HeadSpec("segformer", TINY_SEGFORMER), 13, n_classes=7)
+    other = authors_folder(tmp_path / "7", folder.name, {
+        **BASELINE_CONFIG, "SEGFORMER_CONFIG": "tiny", "CLASSES": 7}, seven.state_dict())
+    (other / "tiny").mkdir()
+    (other / "tiny" / "config.json").write_text(json.dumps(tiny))
+    with pytest.raises(WeightsError, match=f"7-class model, but model='{BASELINE}' has 4"):
+        xcloud.models.load(BASELINE, weights=other)
+    with pytest.raises(WeightsError, match="NUM_CHANNELS"):
+        no_channels = authors_folder(tmp_path / "n", folder.name, {
+            k: v for k, v in BASELINE_CONFIG.items() if k != "NUM_CHANNELS"}, state)
+        xcloud.models.load(BASELINE, weights=no_channels)
+    with pytest.raises(BandError, match="takes 13 bands"):
+        xcloud.models.load(BASELINE, weights=folder, bands=["B02", "B03", "B04"])
+
+
+def test_baseline_mask_through_the_engine(baseline):
+    folder, _, _ = baseline
+    mask = synthetic_scene(48).cloudmask.predict(model=BASELINE, weights=folder, tile_size=32,
+                                                  tile_overlap=8)
+    assert mask.attrs["flag_meanings"] == FOUR_CLASS_MEANINGS and mask.shape == (48, 48)
+    assert set(np.unique(mask.values)) <= {0, 1, 2, 3}

@@ -327,9 +327,10 @@ SENSEI_V2 = _scheme(
     (4, "thick_cloud", THICK), (5, "cloud_shadow", SHADOW), (6, "no_data", MISSING),
 )
 SENSEI_V2_4CLASS = _scheme(
-    "sensei-v2-4class", "SEnSeI-v2 '4-class' output (Francis 2024)",
-    (0, "clear", CLEAR), (1, "thin_cloud", THIN), (2, "thick_cloud", THICK),
-    (3, "cloud_shadow", SHADOW),
+    "sensei-v2-4class", "SEnSeI-v2 '4-class' output (Francis 2024): clear, thick, thin, "
+    "shadow, in the order of the released CloudMask and of the 4-class published models",
+    (0, "clear", CLEAR), (1, "thick_cloud", THICK), (2, "thin_cloud", THIN),
+    (3, "cloud_shadow", SHADOW), (255, "no_data", MISSING),
 )
 SENSEI_V2_VALID = _scheme(
     "sensei-v2-valid-invalid", "SEnSeI-v2 'valid-invalid' output (Francis 2024)",

@@ -141,3 +141,26 @@ scheme of :mod:`xcloud.evaluation.schemes`.
 """
 
 __all__.append("SENSEI_V2_SCHEME")
+
+SENSEI_V2_4CLASS_SCHEME = ClassScheme(
+    name="sensei-v2-4class",
+    classes=(
+        CloudClass(0, "clear", "clear surface (land, water or snow)", "#4daf4a"),
+        CloudClass(1, "thick_cloud", "thick cloud", "#ffffff"),
+        CloudClass(2, "thin_cloud", "thin (semi-transparent) cloud", "#a6cee3"),
+        CloudClass(3, "cloud_shadow", "cloud shadow", "#555555"),
+    ),
+    nodata=NO_DATA,
+)
+"""The 4 output channels of the published 4-class SEnSeI-v2 models (``CLASSES: 4``:
+``SEnSeIv2-DeepLabv3-S2-unambiguous`` and the ``SegFormerB2-S2-unambiguous`` baseline), in
+their order: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow.
+
+It is the order of the released ``CloudMask`` '4-class' output, which for a 4-class model
+passes the network's channels through as they are ("classes are already in the correct
+order") and which a 7-class model's output is summed into. Channel ``k`` is class value ``k``.
+These networks have no no-data channel: pixels without input are marked 255, as for the other
+models without one.
+"""
+
+__all__.append("SENSEI_V2_4CLASS_SCHEME")

@@ -14,6 +14,13 @@ and smp state dicts load strictly:
 
   - ``resnet34``: torchvision's ResNet-34 (``conv1``, ``bn1``, ``layer1`` .. ``layer4``;
     stage 5 is ``layer4``, the low-level features come from ``layer1``, 64 channels).
+  - ``resnet50``: torchvision's ResNet-50 (v1.5: bottleneck blocks ``conv1`` 1x1, ``conv2``
+    3x3 carrying the stride, ``conv3`` 1x1 to 4x the width, ``downsample.0/.1`` 1x1
+    convolution + BN on each stage's first block); stage outputs 64, 256, 512, 1024, 2048
+    channels, low-level features from ``layer1`` (256). Dilating ``layer4`` (smp's
+    ``replace_strides_with_dilation``) makes every ``conv2`` 3x3 stride 1, dilation 2,
+    padding 2, and the first block's ``downsample.0`` stride 1 (its 1x1 convolutions get
+    dilation 2 and padding 0, without effect).
   - ``mobilenet_v2``: torchvision's MobileNetV2 ``features.0`` .. ``features.18`` (the
     layout of :mod:`xcloud.models.unet_mobilenet`; stages end after features 1, 3, 6, 13 and
     18, so stage 5 is ``features.14`` .. ``features.18``: every depthwise 3x3 there is
@@ -36,8 +43,15 @@ on it).
 
 Parameters (``n_parameters``; batch-norm statistics not counted): ``resnet34`` with 13 bands
 and 7 classes 22,470,359 (encoder 21,316,032; torchvision's 21,284,672 at 3 bands, + 3,136 per
-extra band); ``mobilenet_v2`` with 32 bands and 7 classes 4,388,407 (encoder 2,232,224;
-torchvision's 2,223,872 at 3 bands, + 288 per extra band).
+extra band); ``resnet50`` with 32 bands and 4 classes 26,769,300 (encoder 23,598,976;
+torchvision's 23,508,032 at 3 bands, + 3,136 per extra band); ``mobilenet_v2`` with 32 bands
+and 7 classes 4,388,407 (encoder 2,232,224; torchvision's 2,223,872 at 3 bands, + 288 per
+extra band).
+
+For other than 3 input bands smp's ``patch_first_conv`` gives the first convolution
+``in_channels`` inputs (same key and shape as here; with ImageNet weights it repeats and
+rescales their RGB filters, without them it re-initialises it). Loaded weights replace
+either, so only the shape matters for published models.
 """
 
 from __future__ import annotations
@@ -53,14 +67,19 @@ from .unet_mobilenet import mobilenet_v2_features
 
 __all__ = [
     "ENCODERS",
+    "BasicBlock",
+    "Bottleneck",
     "DeepLabV3Plus",
     "EncoderSpec",
     "MobileNetV2Backbone",
     "ResNet34Encoder",
+    "ResNet50Encoder",
+    "ResNetEncoder",
     "replace_strides_with_dilation",
 ]
 
 _RESNET34_BLOCKS = (3, 4, 6, 3)
+_RESNET50_BLOCKS = (3, 4, 6, 3)
 _RESNET_WIDTHS = (64, 128, 256, 512)
 _LOW_LEVEL_CHANNELS = 48
 _OUTPUT_STRIDES = (8, 16)
@@ -92,6 +111,9 @@ def replace_strides_with_dilation(module: nn.Module, rate: int) -> None:
 class BasicBlock(nn.Module):
     """torchvision's ResNet basic block: two 3x3 convolutions with BN and a residual."""
 
+    expansion = 1
+    """Output channels per unit of ``channels``."""
+
     def __init__(self, in_channels: int, channels: int, *, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
@@ -99,11 +121,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = None
-        if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(channels))
+        self.downsample = _downsample(in_channels, channels * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -111,32 +129,81 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
-def _resnet_layer(in_channels: int, channels: int, blocks: int, *, stride: int) -> nn.Sequential:
-    rest = (BasicBlock(channels, channels) for _ in range(blocks - 1))
-    return nn.Sequential(BasicBlock(in_channels, channels, stride=stride), *rest)
+class Bottleneck(nn.Module):
+    """torchvision's ResNet bottleneck (v1.5): 1x1 reduce, 3x3 (with the stride), 1x1 to
+    ``4 * channels``, BN after each, and a residual."""
+
+    expansion = 4
+    """Output channels per unit of ``channels``."""
+
+    def __init__(self, in_channels: int, channels: int, *, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_channels, out_channels, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
-class ResNet34Encoder(nn.Module):
-    """torchvision's ResNet-34 without classifier (output stride 32 until dilated).
+def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    """torchvision's shortcut projection (1x1 convolution + BN) where the shape changes."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
+_Block = type[BasicBlock] | type[Bottleneck]
+
+
+def _resnet_layer(block: _Block, in_channels: int, channels: int, blocks: int, *,
+                  stride: int) -> nn.Sequential:
+    out_channels = channels * block.expansion
+    rest = (block(out_channels, channels) for _ in range(blocks - 1))
+    return nn.Sequential(block(in_channels, channels, stride=stride), *rest)
+
+
+class ResNetEncoder(nn.Module):
+    """torchvision's ResNet without classifier (output stride 32 until dilated).
+
+    Parameters
+    ----------
+    in_channels
+        Input bands of ``conv1``.
+    block
+        :class:`BasicBlock` (ResNet-18/34) or :class:`Bottleneck` (ResNet-50/101/152).
+    layers
+        Blocks in ``layer1`` .. ``layer4``.
 
     ``forward`` returns the five stage outputs, finest first: 64 channels at 1/2 (after
-    ``relu``), 64 at 1/4 (``layer1``), 128, 256 and 512 (``layer2`` .. ``layer4``).
+    ``relu``), then ``layer1`` .. ``layer4`` (64, 128, 256, 512 times ``block.expansion``).
     """
 
-    channels = (64, 64, 128, 256, 512)
-    """Channels of the five stage outputs."""
-
-    def __init__(self, in_channels: int) -> None:
+    def __init__(self, in_channels: int, block: _Block, layers: Sequence[int]) -> None:
         super().__init__()
+        if len(layers) != len(_RESNET_WIDTHS):
+            raise ValueError(f"a ResNet has four layers, got layers={tuple(layers)}")
+        self.channels = (_RESNET_WIDTHS[0],
+                         *(width * block.expansion for width in _RESNET_WIDTHS))
         self.conv1 = nn.Conv2d(in_channels, _RESNET_WIDTHS[0], 7, stride=2, padding=3,
                                bias=False)
         self.bn1 = nn.BatchNorm2d(_RESNET_WIDTHS[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inputs = (_RESNET_WIDTHS[0], *_RESNET_WIDTHS[:-1])
-        for index, (i, o, n, s) in enumerate(zip(inputs, _RESNET_WIDTHS, _RESNET34_BLOCKS,
+        inputs = (_RESNET_WIDTHS[0], *self.channels[1:-1])
+        for index, (i, o, n, s) in enumerate(zip(inputs, _RESNET_WIDTHS, layers,
                                                  (1, 2, 2, 2), strict=True), start=1):
-            self.add_module(f"layer{index}", _resnet_layer(i, o, n, stride=s))
+            self.add_module(f"layer{index}", _resnet_layer(block, i, o, n, stride=s))
 
     def stages(self) -> list[nn.Module]:
         """smp's stages 1 .. 5 (their modules, shared with this encoder)."""
@@ -150,6 +217,26 @@ class ResNet34Encoder(nn.Module):
             x = stage(x)
             outputs.append(x)
         return outputs
+
+
+class ResNet34Encoder(ResNetEncoder):
+    """torchvision's ResNet-34 without classifier: stage outputs 64, 64, 128, 256, 512."""
+
+    channels = (64, 64, 128, 256, 512)
+    """Channels of the five stage outputs."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__(in_channels, BasicBlock, _RESNET34_BLOCKS)
+
+
+class ResNet50Encoder(ResNetEncoder):
+    """torchvision's ResNet-50 without classifier: stage outputs 64, 256, 512, 1024, 2048."""
+
+    channels = (64, 256, 512, 1024, 2048)
+    """Channels of the five stage outputs."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__(in_channels, Bottleneck, _RESNET50_BLOCKS)
 
 
 class MobileNetV2Backbone(nn.Module):
@@ -205,6 +292,7 @@ class EncoderSpec:
 
 ENCODERS: dict[str, EncoderSpec] = {
     "resnet34": EncoderSpec(ResNet34Encoder, ResNet34Encoder.channels),
+    "resnet50": EncoderSpec(ResNet50Encoder, ResNet50Encoder.channels),
     "mobilenet_v2": EncoderSpec(MobileNetV2Backbone, MobileNetV2Backbone.channels),
 }
 """The encoders, by smp's ``encoder_name``."""
@@ -297,7 +385,8 @@ class DeepLabV3Plus(nn.Module):
     n_classes
         Output channels (logits, no activation).
     encoder
-        smp's ``encoder_name``: one of :data:`ENCODERS` (``"resnet34"``, ``"mobilenet_v2"``).
+        smp's ``encoder_name``: one of :data:`ENCODERS` (``"resnet34"``, ``"resnet50"``,
+        ``"mobilenet_v2"``).
     upsampling
         Final bilinear upsampling of the logits: 4 (smp's default) gives logits at the input
         size, 1 (SEnSeI-v2) at 1/4 of it.

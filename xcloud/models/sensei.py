@@ -30,14 +30,28 @@ bands stored in an xcloud checkpoint).
 
 Outputs
 -------
-``predict_proba`` returns all 7 softmax channels in the authors' order (0 land, 1 water,
-2 snow, 3 thin cloud, 4 thick cloud, 5 cloud shadow, 6 no data;
-:data:`~xcloud.models.classes.SENSEI_V2_SCHEME`), computing every image of the batch on its
+``predict_proba`` returns the network's softmax channels in the authors' order: for the 7-class
+models (``sensei-v2`` and the named 7-class entries) 0 land, 1 water, 2 snow, 3 thin cloud,
+4 thick cloud, 5 cloud shadow, 6 no data (:data:`~xcloud.models.classes.SENSEI_V2_SCHEME`);
+for the published 4-class model ``sensei-v2-deeplabv3-s2-unambiguous`` 0 clear, 1 thick cloud,
+2 thin cloud, 3 cloud shadow (:data:`~xcloud.models.classes.SENSEI_V2_4CLASS_SCHEME`). An
+entry refuses weights with another number of classes (``WeightsError`` naming the entry to
+use). Every SEnSeI-v2 model computes every image of the batch on its
 own (the released code, run with more than one image per batch, lets the images change each
 other's results; see :mod:`xcloud.models.sensei_encoder`). Input is reflectance (0-1) as the
 released loaders give it (Sentinel-2 ``(DN - offset) / 10000`` with the correct processing
 baseline; xcloud's engine does that); non-finite values are read as 0, the value of missing
 pixels in the released pipeline (the engine marks all-NaN pixels as no data anyway).
+
+The baseline without SEnSeI-v2
+------------------------------
+``sensei-v2-baseline-segformer-b2-s2-unambiguous`` is the authors' comparison model
+``SegFormerB2-S2-unambiguous``: a plain SegFormer-B2 (``NUM_CHANNELS: 13``, ``CLASSES: 4``)
+whose input is the 13 Sentinel-2 L1C bands in the order of the released ``sentinel2_loader``
+(B01 .. B08, B8A, B09 .. B12; :data:`SENTINEL2_L1C_BANDS`), as reflectance, without band
+descriptors. As released, its logits (1/4 of the input size) are upsampled bilinearly
+(``align_corners=False``) and softmaxed: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow
+(:class:`SEnSeIv2BaselineModel`).
 """
 
 from __future__ import annotations
@@ -52,19 +66,28 @@ import torch
 
 from ..data.bands import canonical_band_name
 from ..errors import BandError, MissingWeightsError, WeightsError
-from .classes import SENSEI_V2_SCHEME
+from .classes import SENSEI_V2_4CLASS_SCHEME, SENSEI_V2_SCHEME, ClassScheme
 from .protocol import BaseCloudModel, ModelInfo, Normalization
 from .registry import ModelEntry, register
 from .sensei_encoder import (
     DEFAULT_SENSEI_CONFIG,
+    BaselineNetwork,
     HeadSpec,
     SEnSeIv2,
     descriptor_vector,
     descriptor_vectors,
 )
-from .sensei_published import LoadedWeights, load_weights, save_checkpoint
+from .sensei_published import (
+    BASELINE_MODEL,
+    LoadedWeights,
+    load_published_baseline,
+    load_weights,
+    save_checkpoint,
+)
 
 __all__ = [
+    "BASELINE_MODEL",
+    "BASELINE_MODELS",
     "DEFAULT_RECOVERY",
     "HEADS",
     "LANDSAT89_DESCRIPTORS",
@@ -75,6 +98,7 @@ __all__ = [
     "SENTINEL2_DESCRIPTORS",
     "SENTINEL2_L1C_BANDS",
     "SEnSeIv2",
+    "SEnSeIv2BaselineModel",
     "SEnSeIv2Model",
     "band_descriptor",
     "band_descriptors",
@@ -83,6 +107,7 @@ __all__ = [
     "load_weights",
     "save_checkpoint",
     "sensei_v2",
+    "sensei_v2_baseline_entry",
     "sensei_v2_entry",
 ]
 
@@ -268,7 +293,8 @@ class SEnSeIv2Model(BaseCloudModel):
         self._vectors = network.senseiv2.describe(self.descriptors).to(self.device)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax (N, 7, H, W) float32 of reflectance (N, bands, H, W), image by image."""
+        """Softmax (N, classes, H, W) float32 of reflectance (N, bands, H, W), image by
+        image."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != len(self.info.bands):
             raise BandError(f"{self.info.name} takes (N, {len(self.info.bands)}, H, W) "
@@ -280,8 +306,51 @@ class SEnSeIv2Model(BaseCloudModel):
                 x = torch.from_numpy(np.ascontiguousarray(image[None])).to(self.device)
                 logits = self.network(x, self._vectors)
                 out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, N_CLASSES, *batch.shape[2:]),
-                                                        np.float32)
+        return np.concatenate(out) if out else np.zeros(
+            (0, self.network.n_classes, *batch.shape[2:]), np.float32)
+
+
+class SEnSeIv2BaselineModel(BaseCloudModel):
+    """A loaded baseline without SEnSeI-v2 (the released ``FullModel`` with
+    ``senseiv2=None``) for the engine.
+
+    Parameters
+    ----------
+    network
+        The :class:`~xcloud.models.sensei_encoder.BaselineNetwork`.
+    info
+        Its metadata; ``info.bands`` names the input channels, in the network's order.
+    device
+        Torch device.
+    loaded
+        What ``weights=`` held, if known.
+    """
+
+    def __init__(self, network: BaselineNetwork, info: ModelInfo, *, device: str = "cpu",
+                 loaded: LoadedWeights | None = None) -> None:
+        if len(info.bands) != network.in_channels:
+            raise BandError(f"{len(info.bands)} bands for a network of {network.in_channels} "
+                            "input channels")
+        self.info = info
+        self.loaded = loaded
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax (N, classes, H, W) float32 of reflectance (N, bands, H, W), image by
+        image (non-finite values read as 0)."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != len(self.info.bands):
+            raise BandError(f"{self.info.name} takes (N, {len(self.info.bands)}, H, W) "
+                            f"({', '.join(self.info.bands)}), got {batch.shape}")
+        batch = np.nan_to_num(batch, nan=0.0, posinf=0.0, neginf=0.0)
+        out = []
+        with torch.inference_mode():
+            for image in batch:
+                x = torch.from_numpy(np.ascontiguousarray(image[None])).to(self.device)
+                out.append(torch.softmax(self.network(x).float(), dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(
+            (0, self.network.n_classes, *batch.shape[2:]), np.float32)
 
 
 _REFERENCE = ("Francis 2024, Sensor Independent Cloud and Shadow Masking With Partial Labels "
@@ -291,13 +360,14 @@ _TILE_SIZE = 256
 _TILE_OVERLAP = 32
 
 
-def _info(name: str, bands: tuple[str, ...], description: str) -> ModelInfo:
+def _info(name: str, bands: tuple[str, ...], description: str, *,
+          scheme: ClassScheme = SENSEI_V2_SCHEME) -> ModelInfo:
     return ModelInfo(
         name=name,
         version="SEnSeI-v2 as released (aliFrancis/SEnSeIv2 eba151dc)",
         bands=bands,
         resolution=10.0,
-        scheme=SENSEI_V2_SCHEME,
+        scheme=scheme,
         normalization=Normalization("none"),
         tile_size=_TILE_SIZE,
         tile_overlap=_TILE_OVERLAP,
@@ -326,7 +396,13 @@ def _load(info: ModelInfo, published_name: str | None, *,
     if published_name is not None and loaded.kind == "published" \
             and loaded.name != published_name:
         raise WeightsError(f"weights={weights} holds {loaded.name!r}, not {published_name!r}; "
-                           "load it with model='sensei-v2'")
+                           f"load it with model='{_entry_for(loaded.name, network.n_classes)}'")
+    expected = len(info.scheme.classes)
+    if network.n_classes != expected:
+        raise WeightsError(
+            f"weights={weights} holds a {network.n_classes}-class model ({loaded.name}), but "
+            f"model='{info.name}' has {expected} classes ({', '.join(info.scheme.names)}); "
+            f"load it with model='{_entry_for(loaded.name, network.n_classes)}'")
     chosen = bands if bands is not None else (loaded.bands or SENTINEL2_L1C_BANDS)
     names = band_names(chosen)
     descriptors = [band_descriptor(b) for b in chosen]
@@ -339,13 +415,28 @@ def _load(info: ModelInfo, published_name: str | None, *,
                          descriptors, device=device, loaded=loaded)
 
 
+def _entry_for(published_name: str, n_classes: int) -> str:
+    """The xcloud model to load a SEnSeI-v2 model of ``n_classes`` with."""
+    if n_classes == N_CLASSES:
+        return next((name for name, published in PUBLISHED_MODELS.items()
+                     if published == published_name and name != _FOUR_CLASS_MODEL),
+                    "sensei-v2")
+    if n_classes == len(SENSEI_V2_4CLASS_SCHEME.classes):
+        return _FOUR_CLASS_MODEL
+    return "<none: xcloud runs 7- and 4-class SEnSeI-v2 models>"
+
+
 def sensei_v2_entry(name: str, *, published_name: str | None = None,
-                    description: str = "") -> ModelEntry:
+                    description: str = "", scheme: ClassScheme = SENSEI_V2_SCHEME
+                    ) -> ModelEntry:
     """A registry entry: ``published_name`` pins the published model (its ``NAME``); None
-    takes any published folder or xcloud checkpoint (the config decides the head)."""
+    takes any published folder or xcloud checkpoint (the config decides the head). ``scheme``
+    names the network's output channels; weights with another number of classes are
+    refused."""
     info = _info(name, SENTINEL2_L1C_BANDS, description or (
-        f"SEnSeI-v2 {published_name or '(any published model or xcloud checkpoint)'}: land, "
-        "water, snow, thin cloud, thick cloud, cloud shadow, no data; any bands (bands=)"))
+        f"SEnSeI-v2 {published_name or '(any published model or xcloud checkpoint)'}: "
+        f"{', '.join(c.description for c in scheme.classes)}; any bands (bands=)"),
+        scheme=scheme)
 
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
              runtime: str = "auto",
@@ -356,17 +447,82 @@ def sensei_v2_entry(name: str, *, published_name: str | None = None,
     return ModelEntry(info=info, loader=load)
 
 
+_FOUR_CLASS_MODEL = "sensei-v2-deeplabv3-s2-unambiguous"
+
 PUBLISHED_MODELS = {
     "sensei-v2-segformer-b2-alldata-ambiguous": "SEnSeIv2-SegFormerB2-alldata-ambiguous",
     "sensei-v2-segformer-b2-s2-ambiguous": "SEnSeIv2-SegFormerB2-S2-ambiguous",
-    "sensei-v2-deeplabv3-s2-unambiguous": "SEnSeIv2-DeepLabv3-S2-unambiguous",
+    _FOUR_CLASS_MODEL: "SEnSeIv2-DeepLabv3-S2-unambiguous",
 }
 """xcloud names of the authors' published SEnSeI-v2 models (their ``NAME``; the first is the
-default of their README). Their ``SegFormerB2-S2-unambiguous`` baseline has no SEnSeI
-encoder (``NUM_CHANNELS`` instead of ``SEnSeIv2``) and is not a SEnSeI-v2 model."""
+default of their README). ``sensei-v2-deeplabv3-s2-unambiguous`` has 4 classes
+(:data:`~xcloud.models.classes.SENSEI_V2_4CLASS_SCHEME`), the others 7."""
+
+BASELINE_MODELS = {BASELINE_MODEL: "SegFormerB2-S2-unambiguous"}
+"""xcloud names of the authors' published models without SEnSeI-v2 (:data:`BASELINE_MODELS`
+entries load them with :func:`sensei_v2_baseline_entry`)."""
+
+
+def _load_baseline(info: ModelInfo, published_name: str, *,
+                   weights: str | os.PathLike[str] | None, device: str, runtime: str,
+                   bands: Sequence[str] | None) -> SEnSeIv2BaselineModel:
+    if runtime not in ("auto", "torch"):
+        raise ValueError(f"runtime=: {info.name} runs on torch ('auto' or 'torch'), not "
+                         f"{runtime!r}")
+    if weights is None:
+        raise MissingWeightsError(
+            f"{info.name}: weights are not shipped with xcloud; pass weights=FOLDER (the "
+            f"full-models/{published_name} folder downloaded from {_HF})")
+    network, loaded = load_published_baseline(weights, device=device)
+    if loaded.name != published_name:
+        raise WeightsError(f"weights={weights} holds {loaded.name!r}, not {published_name!r}")
+    expected = len(info.scheme.classes)
+    if network.n_classes != expected:
+        raise WeightsError(f"weights={weights} holds a {network.n_classes}-class model, but "
+                           f"model='{info.name}' has {expected} classes "
+                           f"({', '.join(info.scheme.names)})")
+    if bands is None:
+        if network.in_channels != len(SENTINEL2_L1C_BANDS):
+            raise BandError(f"bands=: weights={weights} takes {network.in_channels} bands "
+                            "(NUM_CHANNELS); name them, in the network's order")
+        bands = SENTINEL2_L1C_BANDS
+    names = band_names(bands)
+    if len(names) != network.in_channels:
+        raise BandError(f"bands=: {info.name} takes {network.in_channels} bands "
+                        f"(NUM_CHANNELS of weights={weights}), in its order, got {len(names)}")
+    return SEnSeIv2BaselineModel(
+        network, replace(info, bands=names, weights_source=f"{loaded.path} (published: "
+                         f"{loaded.name})", version=f"{loaded.name} (no SEnSeI-v2)"),
+        device=device, loaded=loaded)
+
+
+def sensei_v2_baseline_entry(name: str, published_name: str, *,
+                             scheme: ClassScheme = SENSEI_V2_4CLASS_SCHEME) -> ModelEntry:
+    """A registry entry for one of the authors' published models without SEnSeI-v2: the
+    bands go straight into the head (:class:`SEnSeIv2BaselineModel`); ``bands=`` renames the
+    input channels (default: the 13 Sentinel-2 L1C bands in the released loader's order)."""
+    info = _info(name, SENTINEL2_L1C_BANDS,
+                 f"{published_name}, the authors' comparison model without SEnSeI-v2: "
+                 f"{', '.join(c.description for c in scheme.classes)}; the 13 Sentinel-2 L1C "
+                 "bands, in the released loader's order", scheme=scheme)
+    info = replace(info, weights_source=f"pass weights=FOLDER: full-models/{published_name} of "
+                   f"{_HF}")
+
+    def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
+             runtime: str = "auto", bands: Sequence[str] | None = None
+             ) -> SEnSeIv2BaselineModel:
+        return _load_baseline(info, published_name, weights=weights, device=device,
+                              runtime=runtime, bands=bands)
+
+    return ModelEntry(info=info, loader=load)
+
 
 SENSEI_V2_MODELS = {entry.name: register(entry, overwrite=True) for entry in (
     sensei_v2_entry("sensei-v2"),
-    *(sensei_v2_entry(name, published_name=published)
-      for name, published in PUBLISHED_MODELS.items()))}
-"""The registered models: ``sensei-v2`` (any folder or checkpoint) and the published ones."""
+    *(sensei_v2_entry(name, published_name=published,
+                      scheme=SENSEI_V2_4CLASS_SCHEME if name == _FOUR_CLASS_MODEL
+                      else SENSEI_V2_SCHEME)
+      for name, published in PUBLISHED_MODELS.items()),
+    *(sensei_v2_baseline_entry(name, published) for name, published in BASELINE_MODELS.items()))}
+"""The registered models: ``sensei-v2`` (any folder or checkpoint), the published SEnSeI-v2
+models and the published baseline without SEnSeI-v2."""

@@ -61,8 +61,11 @@ convolutions take their widths from ``preconcatenation_layer_sizes``
 (``postconcatenation_layer_sizes`` is ignored).
 
 Heads (:func:`build_head`): SegFormer (:mod:`xcloud.models.segformer`, logits at 1/4
-resolution) or DeepLabv3+ (:mod:`xcloud.models.deeplabv3plus`, smp 0.3.2 layout, upsampling 1);
-:class:`SEnSeIv2` upsamples the logits bilinearly (``align_corners=False``) to the input size.
+resolution) or DeepLabv3+ (:mod:`xcloud.models.deeplabv3plus`, smp 0.3.2 layout, upsampling 1;
+encoders ``resnet34``, ``resnet50``, ``mobilenet_v2``); :class:`SEnSeIv2` upsamples the logits
+bilinearly (``align_corners=False``) to the input size. :class:`BaselineNetwork` is the
+released ``FullModel`` without SEnSeI-v2 (the authors' comparison models): the bands go
+straight into the head.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ __all__ = [
     "AttentionBlock",
     "BandEmbedding",
     "BandwiseTransformerLayer",
+    "BaselineNetwork",
     "FCLBlock",
     "GlobalStats",
     "HeadSpec",
@@ -96,6 +100,7 @@ __all__ = [
     "descriptor_vector",
     "descriptor_vectors",
     "released_quantiles",
+    "segment_logits",
     "wavelength_encoding",
 ]
 
@@ -551,6 +556,61 @@ def build_head(spec: HeadSpec, channels: int, n_classes: int) -> nn.Module:
     raise ValueError(f"unknown SEnSeI-v2 head kind {spec.kind!r}: 'segformer' or 'deeplab'")
 
 
+def segment_logits(segmenter: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
+    """Logits (N, n_classes, H, W) of a head of ``kind`` on ``x`` (N, C, H, W), as the
+    released ``FullModel``: the head's logits, upsampled bilinearly (``align_corners=False``)
+    when smaller. DeepLabv3+ needs sizes that are multiples of 16: other sizes are
+    reflect-padded at the bottom and right (the released code refuses them) and the logits
+    cropped back."""
+    height, width = x.shape[-2:]
+    padded = x
+    if kind == "deeplab":  # smp needs multiples of its output stride
+        pad_h, pad_w = (-height) % _DEEPLAB_MULTIPLE, (-width) % _DEEPLAB_MULTIPLE
+        if pad_h or pad_w:
+            padded = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+    logits = segmenter(padded)
+    if logits.shape[-2:] != padded.shape[-2:]:
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear",
+                               align_corners=False)
+    return logits[..., :height, :width]
+
+
+class BaselineNetwork(nn.Module):
+    """The released ``FullModel`` without SEnSeI-v2 (``senseiv2=None``): the authors'
+    comparison models, whose config has ``NUM_CHANNELS`` instead of ``SEnSeIv2``.
+
+    The bands go straight into the head (``segmenter.*`` keys, as released); logits
+    (N, n_classes, H, W) at the input size (:func:`segment_logits`; softmax them for the
+    released output).
+
+    Parameters
+    ----------
+    head
+        The :class:`HeadSpec`.
+    in_channels
+        ``NUM_CHANNELS``: the bands, in the order the network was trained on.
+    n_classes
+        Output channels (``CLASSES``).
+    """
+
+    def __init__(self, head: HeadSpec, in_channels: int, *, n_classes: int = 4) -> None:
+        super().__init__()
+        if in_channels < 1 or n_classes < 1:
+            raise ValueError(f"in_channels and n_classes must be >= 1, got {in_channels} and "
+                             f"{n_classes}")
+        self.head_spec = head
+        self.in_channels = in_channels
+        self.n_classes = n_classes
+        self.segmenter = build_head(head, in_channels, n_classes)
+
+    def forward(self, bands: torch.Tensor) -> torch.Tensor:
+        """Logits (N, n_classes, H, W) of bands (N, in_channels, H, W)."""
+        if bands.ndim != 4 or bands.shape[1] != self.in_channels:
+            raise ValueError(f"expected bands (N, {self.in_channels}, H, W), got "
+                             f"{tuple(bands.shape)}")
+        return segment_logits(self.segmenter, self.head_spec.kind, bands)
+
+
 class SEnSeIv2(nn.Module):
     """SEnSeI-v2 with a segmentation head, as the released ``FullModel``: logits (N, n_classes,
     H, W) at the input size (softmax them for the released output).
@@ -579,21 +639,8 @@ class SEnSeIv2(nn.Module):
             recovery, self.senseiv2.feature_size, self.senseiv2.embedding_dims)
 
     def segment(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Logits (N, n_classes, H, W) of an embedding: the head's logits, upsampled
-        bilinearly (``align_corners=False``) when smaller. DeepLabv3+ needs sizes that are
-        multiples of 16: other sizes are reflect-padded at the bottom and right (the released
-        code refuses them) and the logits cropped back."""
-        height, width = embedding.shape[-2:]
-        padded = embedding
-        if self.head_spec.kind == "deeplab":  # smp needs multiples of its output stride
-            pad_h, pad_w = (-height) % _DEEPLAB_MULTIPLE, (-width) % _DEEPLAB_MULTIPLE
-            if pad_h or pad_w:
-                padded = F.pad(embedding, (0, pad_w, 0, pad_h), mode="reflect")
-        logits = self.segmenter(padded)
-        if logits.shape[-2:] != padded.shape[-2:]:
-            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-        return logits[..., :height, :width]
+        """Logits (N, n_classes, H, W) of an embedding (:func:`segment_logits`)."""
+        return segment_logits(self.segmenter, self.head_spec.kind, embedding)
 
     def forward(self, bands: torch.Tensor, descriptors: torch.Tensor | Sequence[Mapping], *,
                 band_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,6 +19,12 @@ unpickled. Every key inference needs must be in it (:class:`WeightsError` lists 
 missing); ``recovery_module.*`` tensors are training-only and dropped (reported in
 :attr:`LoadedWeights.dropped`); any other extra key is refused.
 
+The authors' comparison models without SEnSeI-v2 (``SegFormerB2-S2-unambiguous``) have the same
+folder layout, but ``config.yaml`` names ``NUM_CHANNELS`` (the bands, straight into the head)
+instead of a sensei config and ``weights.pt`` holds only ``segmenter.*``:
+:func:`read_published_baseline` and :func:`load_published_baseline` read them
+(:class:`~xcloud.models.sensei_encoder.BaselineNetwork`); :func:`read_published` refuses them.
+
 xcloud checkpoints (:func:`save_checkpoint`) hold the same network's tensors (``senseiv2.*``
 keys as released, SegFormer keys of :mod:`xcloud.models.segformer`) and JSON metadata: the
 sensei config, the head, the classes, the recovery-module config and optional band names.
@@ -47,16 +53,21 @@ from ._checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from .sensei_encoder import HeadSpec, SEnSeIv2, check_sensei_config
+from .deeplabv3plus import ENCODERS
+from .sensei_encoder import BaselineNetwork, HeadSpec, SEnSeIv2, check_sensei_config
 
 __all__ = [
+    "BASELINE_MODEL",
     "LoadedWeights",
+    "PublishedBaselineConfig",
     "PublishedConfig",
     "find_published_config",
     "load_checkpoint",
     "load_published",
+    "load_published_baseline",
     "load_weights",
     "read_published",
+    "read_published_baseline",
     "save_checkpoint",
     "segformer_spec",
 ]
@@ -64,16 +75,14 @@ __all__ = [
 _HUB_SIZE = re.compile(r"(?:nvidia/)?(?:mit|segformer)-(b[0-5])(?:[-_].*)?", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class PublishedConfig:
-    """A published model folder, read: its ``config.yaml``, sensei config and head."""
+BASELINE_MODEL = "sensei-v2-baseline-segformer-b2-s2-unambiguous"
+"""The xcloud model that loads the authors' published model without SEnSeI-v2."""
 
+
+@dataclass(frozen=True)
+class _FolderConfig:
     folder: Path
     config: dict[str, Any]
-    sensei_config: dict[str, Any]
-    sensei_config_path: Path
-    head: HeadSpec
-    n_classes: int
 
     @property
     def name(self) -> str:
@@ -85,6 +94,26 @@ class PublishedConfig:
         """``PATCH_SIZE`` of ``config.yaml``, if given."""
         size = self.config.get("PATCH_SIZE")
         return int(size) if size else None
+
+
+@dataclass(frozen=True)
+class PublishedConfig(_FolderConfig):
+    """A published model folder, read: its ``config.yaml``, sensei config and head."""
+
+    sensei_config: dict[str, Any]
+    sensei_config_path: Path
+    head: HeadSpec
+    n_classes: int
+
+
+@dataclass(frozen=True)
+class PublishedBaselineConfig(_FolderConfig):
+    """A published folder of a model without SEnSeI-v2, read: its ``config.yaml``, head,
+    classes and ``NUM_CHANNELS``."""
+
+    head: HeadSpec
+    n_classes: int
+    num_channels: int
 
 
 @dataclass(frozen=True)
@@ -147,6 +176,40 @@ def segformer_spec(value: str, folder: Path) -> HeadSpec:
     return HeadSpec("segformer", config)
 
 
+def _config_path(weights: str | os.PathLike[str]) -> Path:
+    path = find_published_config(weights)
+    if path is None:
+        raise MissingWeightsError(f"weights={weights}: no published SEnSeI-v2 folder there "
+                                  "(a folder with config.yaml and weights.pt)")
+    return path
+
+
+def _head(config: Mapping[str, Any], path: Path) -> HeadSpec:
+    model_type = config.get("MODEL_TYPE")
+    if model_type == "Segformer":
+        return segformer_spec(config.get("SEGFORMER_CONFIG", ""), path.parent)
+    if model_type == "DeepLabv3+":
+        encoder = str(config.get("DEEPLAB_CONFIG", ""))
+        if encoder not in ENCODERS:
+            raise WeightsError(f"weights=: {path} has DEEPLAB_CONFIG {encoder!r}; xcloud builds "
+                               f"the smp encoders {', '.join(ENCODERS)}")
+        return HeadSpec("deeplab", encoder=encoder)
+    raise WeightsError(f"weights=: {path} has MODEL_TYPE {model_type!r}; xcloud reads "
+                       "'Segformer' and 'DeepLabv3+'")
+
+
+def _positive(config: Mapping[str, Any], key: str, path: Path, default: int | None = None
+              ) -> int:
+    value = config.get(key, default)
+    try:
+        number = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or isinstance(value, bool) or number != value:
+        raise WeightsError(f"weights=: {path} needs {key} as a positive integer, got {value!r}")
+    return number
+
+
 def read_published(weights: str | os.PathLike[str]) -> PublishedConfig:
     """Read a published folder (the folder, its ``config.yaml`` or its ``weights.pt``).
 
@@ -155,19 +218,17 @@ def read_published(weights: str | os.PathLike[str]) -> PublishedConfig:
     MissingWeightsError
         No ``config.yaml`` there, or the sensei config it names is not found.
     WeightsError
-        A config xcloud cannot build.
+        A config xcloud cannot build, or a model without SEnSeI-v2 (see
+        :func:`read_published_baseline`).
     """
-    path = find_published_config(weights)
-    if path is None:
-        raise MissingWeightsError(f"weights={weights}: no published SEnSeI-v2 folder there "
-                                  "(a folder with config.yaml and weights.pt)")
+    path = _config_path(weights)
     folder = path.parent
     config = _yaml(path)
-    model_type = config.get("MODEL_TYPE")
     sensei_name = config.get("SEnSeIv2")
     if not sensei_name:
-        raise WeightsError(f"weights=: {path} names no SEnSeIv2 config: a model without "
-                           "SEnSeI (NUM_CHANNELS) is not a SEnSeI-v2 model")
+        raise WeightsError(f"weights=: {path} names no SEnSeIv2 config: it is a model without "
+                           f"SEnSeI-v2 (NUM_CHANNELS bands straight into the head); load the "
+                           f"authors' published one with model='{BASELINE_MODEL}'")
     base = Path(str(sensei_name)).name
     candidates = [folder / base, folder.parent.parent / "sensei-configs" / base,
                   folder.parent / "sensei-configs" / base]
@@ -183,14 +244,34 @@ def read_published(weights: str | os.PathLike[str]) -> PublishedConfig:
         sensei = check_sensei_config(_yaml(found), source=found)
     except ValueError as error:
         raise WeightsError(f"weights=: {error}") from None
-    if model_type == "Segformer":
-        head = segformer_spec(config.get("SEGFORMER_CONFIG", ""), folder)
-    elif model_type == "DeepLabv3+":
-        head = HeadSpec("deeplab", encoder=str(config.get("DEEPLAB_CONFIG", "")))
-    else:
-        raise WeightsError(f"weights=: {path} has MODEL_TYPE {model_type!r}; xcloud reads "
-                           "'Segformer' and 'DeepLabv3+'")
-    return PublishedConfig(folder, config, sensei, found, head, int(config.get("CLASSES", 7)))
+    head = _head(config, path)
+    return PublishedConfig(folder, config, sensei, found, head,
+                           _positive(config, "CLASSES", path, 7))
+
+
+def read_published_baseline(weights: str | os.PathLike[str]) -> PublishedBaselineConfig:
+    """Read a published folder of a model without SEnSeI-v2 (``NUM_CHANNELS``, no
+    ``SEnSeIv2``): the folder, its ``config.yaml`` or its ``weights.pt``.
+
+    Raises
+    ------
+    MissingWeightsError
+        No ``config.yaml`` there.
+    WeightsError
+        A SEnSeI-v2 model, a config without ``NUM_CHANNELS`` or ``CLASSES``, or a head xcloud
+        cannot build.
+    """
+    path = _config_path(weights)
+    config = _yaml(path)
+    if config.get("SEnSeIv2"):
+        raise WeightsError(f"weights=: {path} names a SEnSeIv2 config: it is a SEnSeI-v2 "
+                           "model, not a baseline; load it with model='sensei-v2'")
+    if config.get("RECOVERY_MODULE"):
+        raise WeightsError(f"weights=: {path} names a RECOVERY_MODULE, which a model without "
+                           "SEnSeI-v2 cannot have (the released code refuses it too)")
+    return PublishedBaselineConfig(path.parent, config, _head(config, path),
+                                   _positive(config, "CLASSES", path),
+                                   _positive(config, "NUM_CHANNELS", path))
 
 
 def _torch_state(path: Path) -> dict[str, torch.Tensor]:
@@ -224,31 +305,64 @@ def load_published(weights: str | os.PathLike[str], *, device: str = "cpu",
         Keys inference needs are missing (all listed), unknown keys, or shapes that differ.
     """
     published = read_published(weights)
-    path = published.folder / "weights.pt"
-    if Path(weights).suffix == ".pt" and Path(weights).is_file():
-        path = Path(weights)
-    if not path.is_file():
-        raise MissingWeightsError(f"weights={weights}: {path} does not exist")
+    path = _weights_file(weights, published.folder)
     state = _torch_state(path)
     network = SEnSeIv2(published.sensei_config, published.head,
                        n_classes=published.n_classes, recovery=recovery)
     dropped = tuple(k for k in state if k.startswith("recovery_module.")) if recovery is None \
         else ()
-    kept = {k: v for k, v in state.items() if k not in dropped}
+    _load_all(network, {k: v for k, v in state.items() if k not in dropped}, path,
+              published.name)
+    loaded = LoadedWeights("published", path, published.name, dropped=dropped,
+                           patch_size=published.patch_size)
+    return network.to(device).eval(), loaded
+
+
+def _weights_file(weights: str | os.PathLike[str], folder: Path) -> Path:
+    path = folder / "weights.pt"
+    if Path(weights).suffix == ".pt" and Path(weights).is_file():
+        path = Path(weights)
+    if not path.is_file():
+        raise MissingWeightsError(f"weights={weights}: {path} does not exist")
+    return path
+
+
+def _load_all(network: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path,
+              name: str) -> None:
+    """Load ``state`` into ``network``: every tensor it needs, none it does not build."""
     try:
-        result = network.load_state_dict(kept, strict=False)
+        result = network.load_state_dict(state, strict=False)
     except RuntimeError as error:
-        raise WeightsError(f"weights={path}: tensors do not fit {published.name}'s config "
+        raise WeightsError(f"weights={path}: tensors do not fit {name}'s config "
                            f"({error})") from None
     if result.missing_keys:
         raise WeightsError(f"weights={path} lacks {len(result.missing_keys)} tensors that "
-                           f"{published.name} needs: {', '.join(result.missing_keys)}")
+                           f"{name} needs: {', '.join(result.missing_keys)}")
     if result.unexpected_keys:
         shown = ", ".join(result.unexpected_keys[:10])
-        raise WeightsError(f"weights={path} holds tensors {published.name}'s config does not "
+        raise WeightsError(f"weights={path} holds tensors {name}'s config does not "
                            f"build ({len(result.unexpected_keys)}): {shown}")
-    loaded = LoadedWeights("published", path, published.name, dropped=dropped,
-                           patch_size=published.patch_size)
+
+
+def load_published_baseline(weights: str | os.PathLike[str], *, device: str = "cpu"
+                            ) -> tuple[BaselineNetwork, LoadedWeights]:
+    """The network of a published folder without SEnSeI-v2, in eval mode, and what was
+    loaded: ``weights.pt``'s ``segmenter.*`` tensors, all of them and nothing else.
+
+    Raises
+    ------
+    MissingWeightsError
+        No folder, config or ``weights.pt``.
+    WeightsError
+        Not such a model, keys missing (all listed), unknown keys, or shapes that differ.
+    """
+    published = read_published_baseline(weights)
+    path = _weights_file(weights, published.folder)
+    network = BaselineNetwork(published.head, published.num_channels,
+                              n_classes=published.n_classes)
+    _load_all(network, _torch_state(path), path, published.name)
+    loaded = LoadedWeights("published", path, published.name, patch_size=published.patch_size,
+                           extra={"num_channels": published.num_channels})
     return network.to(device).eval(), loaded
 
 
