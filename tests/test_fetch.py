@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pooch")
@@ -397,3 +398,32 @@ def test_workers_with_their_own_caches_keep_one_copy_each(server, tmp_path, entr
         copies = [p for p in Path(cache).rglob("*") if p.is_file() and p.suffix == ".hdf5"]
         assert len(copies) == 1
     shutil.rmtree(tmp_path / "cache-a")
+
+
+# -- the whole path: predict without weights= ------------------------------------------------
+
+def test_predict_without_weights_fetches_the_published_file_once(server, cache, monkeypatch):
+    """predict(model=...) alone: the published file comes from the (mirrored) host into the
+    cache before any task runs, is pinned to its first hash, and gives what the same file
+    given as weights= gives; a second job reads the cache."""
+    from xcloud.engine import clear_cache
+    from xcloud.models.published import published
+    from xcloud.synthetic import synthetic_scene
+
+    hdf5 = need_data("fixtures/kappamask_keras/l1c_unet.hdf5")
+    serve(server, published("kappamask-l1c").files[0].url, hdf5.read_bytes())
+    monkeypatch.setenv("XCLOUD_WEIGHTS_URL", server.url)
+    scene = synthetic_scene(128, seed=3)
+    options = {"model": "kappamask-l1c", "tile_size": 128, "tile_overlap": 0}
+    clear_cache()
+    fetched = scene.cloudmask.predict(**options)
+    assert server.gets("l1c_unet.hdf5") == 1
+    clear_cache()
+    again = scene.cloudmask.predict(**options)
+    assert server.gets("l1c_unet.hdf5") == 1
+    local = scene.cloudmask.predict(weights=hdf5, **options)
+    np.testing.assert_array_equal(fetched.values, local.values)
+    np.testing.assert_array_equal(again.values, local.values)
+    cached = cached_weights("kappamask-l1c")
+    assert cached is not None and cached.read_bytes() == hdf5.read_bytes()
+    assert [c.status for c in verify_weights("kappamask-l1c")] == ["recorded"]

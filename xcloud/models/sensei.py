@@ -67,7 +67,8 @@ import torch
 from ..data.bands import canonical_band_name
 from ..errors import BandError, MissingWeightsError, WeightsError
 from .classes import SENSEI_V2_4CLASS_SCHEME, SENSEI_V2_SCHEME, ClassScheme
-from .protocol import BaseCloudModel, ModelInfo, Normalization
+from .fetch import resolve_weights
+from .protocol import ModelInfo, Normalization
 from .registry import ModelEntry, register
 from .sensei_encoder import (
     DEFAULT_SENSEI_CONFIG,
@@ -84,6 +85,7 @@ from .sensei_published import (
     load_weights,
     save_checkpoint,
 )
+from .torch_model import TorchCloudModel
 
 __all__ = [
     "BASELINE_MODEL",
@@ -263,8 +265,10 @@ def sensei_v2(head: str | HeadSpec = "segformer-b0", *, n_classes: int = N_CLASS
 
 # -- the engine's model ------------------------------------------------------------------------
 
-class SEnSeIv2Model(BaseCloudModel):
-    """A loaded SEnSeI-v2 network for the engine.
+class SEnSeIv2Model(TorchCloudModel):
+    """A loaded SEnSeI-v2 network for the engine: softmax over its classes, each image of a
+    batch run alone (the released attention mixes the images of a batch), non-finite values
+    read as 0.
 
     Parameters
     ----------
@@ -285,34 +289,23 @@ class SEnSeIv2Model(BaseCloudModel):
                  loaded: LoadedWeights | None = None) -> None:
         if len(descriptors) != len(info.bands):
             raise BandError(f"{len(descriptors)} descriptors for {len(info.bands)} bands")
-        self.info = info
+        super().__init__(network, info, device=device, per_image=True)
         self.loaded = loaded
-        self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
         self.descriptors = [dict(d) for d in descriptors]
         self._vectors = network.senseiv2.describe(self.descriptors).to(self.device)
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax (N, classes, H, W) float32 of reflectance (N, bands, H, W), image by
-        image."""
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != len(self.info.bands):
-            raise BandError(f"{self.info.name} takes (N, {len(self.info.bands)}, H, W) "
-                            f"({', '.join(self.info.bands)}), got {batch.shape}")
-        batch = np.nan_to_num(batch, nan=0.0, posinf=0.0, neginf=0.0)
-        out = []
-        with torch.inference_mode():
-            for image in batch:
-                x = torch.from_numpy(np.ascontiguousarray(image[None])).to(self.device)
-                logits = self.network(x, self._vectors)
-                out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(
-            (0, self.network.n_classes, *batch.shape[2:]), np.float32)
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """Non-finite values as 0."""
+        return np.nan_to_num(batch, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The network's logits, given the bands' descriptor vectors."""
+        return self.network(tensor, self._vectors)
 
 
-class SEnSeIv2BaselineModel(BaseCloudModel):
+class SEnSeIv2BaselineModel(TorchCloudModel):
     """A loaded baseline without SEnSeI-v2 (the released ``FullModel`` with
-    ``senseiv2=None``) for the engine.
+    ``senseiv2=None``) for the engine: softmax over its classes, non-finite values read as 0.
 
     Parameters
     ----------
@@ -331,26 +324,12 @@ class SEnSeIv2BaselineModel(BaseCloudModel):
         if len(info.bands) != network.in_channels:
             raise BandError(f"{len(info.bands)} bands for a network of {network.in_channels} "
                             "input channels")
-        self.info = info
+        super().__init__(network, info, device=device)
         self.loaded = loaded
-        self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax (N, classes, H, W) float32 of reflectance (N, bands, H, W), image by
-        image (non-finite values read as 0)."""
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != len(self.info.bands):
-            raise BandError(f"{self.info.name} takes (N, {len(self.info.bands)}, H, W) "
-                            f"({', '.join(self.info.bands)}), got {batch.shape}")
-        batch = np.nan_to_num(batch, nan=0.0, posinf=0.0, neginf=0.0)
-        out = []
-        with torch.inference_mode():
-            for image in batch:
-                x = torch.from_numpy(np.ascontiguousarray(image[None])).to(self.device)
-                out.append(torch.softmax(self.network(x).float(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(
-            (0, self.network.n_classes, *batch.shape[2:]), np.float32)
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """Non-finite values as 0."""
+        return np.nan_to_num(batch, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 _REFERENCE = ("Francis 2024, Sensor Independent Cloud and Shadow Masking With Partial Labels "
@@ -387,11 +366,12 @@ def _load(info: ModelInfo, published_name: str | None, *,
     if runtime not in ("auto", "torch"):
         raise ValueError(f"runtime=: SEnSeI-v2 runs on torch ('auto' or 'torch'), not "
                          f"{runtime!r}")
+    weights = resolve_weights(info.name, weights)  # None: fetch the published folder
     if weights is None:
         raise MissingWeightsError(
-            f"{info.name}: SEnSeI-v2 weights are not shipped with xcloud; pass weights=FOLDER "
-            f"(a full-models/<name> folder downloaded from {_HF}, with its sensei-configs/) "
-            "or an xcloud checkpoint (.safetensors/.pt)")
+            f"{info.name}: pass weights=FOLDER (a full-models/<name> folder of {_HF}, with "
+            "its sensei-configs/, or one of the named published models, which xcloud "
+            "fetches) or an xcloud checkpoint (.safetensors/.pt)")
     network, loaded = load_weights(weights, device=device)
     if published_name is not None and loaded.kind == "published" \
             and loaded.name != published_name:
@@ -469,10 +449,11 @@ def _load_baseline(info: ModelInfo, published_name: str, *,
     if runtime not in ("auto", "torch"):
         raise ValueError(f"runtime=: {info.name} runs on torch ('auto' or 'torch'), not "
                          f"{runtime!r}")
+    weights = resolve_weights(info.name, weights)  # None: fetch the published folder
     if weights is None:
         raise MissingWeightsError(
-            f"{info.name}: weights are not shipped with xcloud; pass weights=FOLDER (the "
-            f"full-models/{published_name} folder downloaded from {_HF})")
+            f"{info.name}: pass weights=FOLDER (the full-models/{published_name} folder of "
+            f"{_HF})")
     network, loaded = load_published_baseline(weights, device=device)
     if loaded.name != published_name:
         raise WeightsError(f"weights={weights} holds {loaded.name!r}, not {published_name!r}")
