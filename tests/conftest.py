@@ -93,6 +93,16 @@ def stac_api() -> Iterator[StacApiServer]:
 
 
 @pytest.fixture(autouse=True)
+def _no_weights_from_the_internet(tmp_path_factory, monkeypatch) -> None:
+    """No test fetches weights from the authors' hosts or writes the user's cache: published
+    weights come from a closed local port (tests that serve them set their own mirror) into
+    a cache of the test session."""
+    monkeypatch.setenv("XCLOUD_WEIGHTS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("XCLOUD_WEIGHTS_RETRIES", "0")
+    monkeypatch.setenv("XCLOUD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "weights-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _registry_left_as_found() -> Iterator[None]:
     """Models a test registers are forgotten after it (other tests list every model)."""
     from xcloud.models import list_models, registry, unregister

@@ -266,7 +266,7 @@ def test_registry_entries(segformer):
         assert info.scheme.names == ("land", "water", "snow", "thin_cloud", "thick_cloud",
                                      "cloud_shadow", "no_data")
         assert info.scheme.nodata.value == 6
-        with pytest.raises(MissingWeightsError, match="weights=FOLDER"):
+        with pytest.raises(MissingWeightsError, match="weights=(FOLDER|PATH)"):
             entry.load()
         with pytest.raises(ValueError, match="runtime="):
             entry.load(weights=segformer.folder, runtime="onnxruntime")
