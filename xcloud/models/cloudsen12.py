@@ -255,7 +255,7 @@ class CloudSEN12Model(TorchCloudModel):
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, 4, H, W) of reflectance (N, bands, H, W), in float32, padded and cropped
-        as :meth:`predict_proba`; their argmax is the authors' ``CDModel`` classes."""
+        as ``predict_proba``; their argmax is the authors' ``CDModel`` classes."""
         batch = np.asarray(batch, dtype=np.float32)
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(self.prepare(batch)))

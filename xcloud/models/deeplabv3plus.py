@@ -176,6 +176,9 @@ def _resnet_layer(block: _Block, in_channels: int, channels: int, blocks: int, *
 class ResNetEncoder(nn.Module):
     """torchvision's ResNet without classifier (output stride 32 until dilated).
 
+    ``forward`` returns the five stage outputs, finest first: 64 channels at 1/2 (after
+    ``relu``), then ``layer1`` .. ``layer4`` (64, 128, 256, 512 times ``block.expansion``).
+
     Parameters
     ----------
     in_channels
@@ -184,9 +187,6 @@ class ResNetEncoder(nn.Module):
         :class:`BasicBlock` (ResNet-18/34) or :class:`Bottleneck` (ResNet-50/101/152).
     layers
         Blocks in ``layer1`` .. ``layer4``.
-
-    ``forward`` returns the five stage outputs, finest first: 64 channels at 1/2 (after
-    ``relu``), then ``layer1`` .. ``layer4`` (64, 128, 256, 512 times ``block.expansion``).
     """
 
     def __init__(self, in_channels: int, block: _Block, layers: Sequence[int]) -> None:

@@ -358,7 +358,7 @@ class KappaMaskModel(TorchCloudModel):
     ``network`` maps normalised input ``(N, bands, H, W)`` to the six outputs ``(N, 6, H, W)``
     in the authors' channel order (U-Net: sigmoids; DeepLabv3+: softmax). ``band_order`` maps
     ``info.bands`` to the network's channels when they differ (a checkpoint whose bands are in
-    another order). :meth:`classify` is the argmax over all six channels.
+    another order). ``classify`` is the argmax over all six channels.
     """
 
     def __init__(self, network: nn.Module, info: ModelInfo, *, device: str = "cpu",
