@@ -41,9 +41,22 @@ def test_every_shipped_or_published_weights_file_has_a_sha256():
     assert {e.name for e in shipped} >= {"ukis-6b-l1c", "ukis-4b-l2a", "s2cloudless"}
     for entry in shipped:  # weights come from an installed package: always checked
         assert entry.sha256 and len(entry.sha256) == 64 and set(entry.sha256) <= SHA256_HEX
+    from xcloud.models.published import default_for
+
     for entry in entries:
-        if entry.info.needs_weights_file and entry.sha256 is None:  # the user's own file
-            assert "none shipped" in entry.info.weights_source, entry.name
+        if not entry.info.needs_weights_file or entry.sha256 is not None:
+            continue
+        published = default_for(entry.name)
+        if published is None:  # only ever the user's own file
+            assert "pass weights=" in entry.info.weights_source, entry.name
+            continue
+        # published elsewhere: fetched into the cache and checked before use, against the
+        # authors' sha256 where they publish one (else pinned to the first download's)
+        for file in published.files:
+            assert file.sha256 is None or (len(file.sha256) == 64
+                                           and set(file.sha256) <= SHA256_HEX), file
+        known = [f.sha256 for f in published.files if f.sha256]
+        assert known or published.name.startswith(("kappamask", "sensei-v2")), published.name
 
 
 def test_a_malformed_sha256_cannot_be_registered():

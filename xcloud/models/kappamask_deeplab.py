@@ -3,7 +3,8 @@
 KappaMask's default network since 2022 (``DeepLabv3Plus`` in kappazeta/km_predict
 ``architectures.py``, published as ``l1c_deeplabv3plus.hdf5`` and ``l2a_deeplabv3plus.hdf5``)
 is a Keras DeepLabv3+; this module computes what that Keras graph computes, so that the
-published Keras weights can be loaded into it by order (:meth:`KappaMaskDeepLabV3Plus.load_keras_layers`).
+published Keras weights can be loaded into it by order
+(:meth:`KappaMaskDeepLabV3Plus.load_keras_layers`).
 
 The network, as the released code builds it:
 
