@@ -178,7 +178,8 @@ def read_state_dict(path: str | os.PathLike[str], *,
                                                         map_location=map_location)[0]
     else:
         tensors = _read_torch(path, map_location)
-    return {str(k).removeprefix(_PREFIX): v for k, v in tensors.items()}
+    return {str(k).removeprefix(_PREFIX): v for k, v in tensors.items()
+            if isinstance(v, torch.Tensor)}
 
 
 def load_network(path: str | os.PathLike[str], *, in_channels: int,

@@ -46,7 +46,7 @@ depends on the input size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -345,12 +345,12 @@ class KappaMaskDeepLabV3Plus(nn.Module):
 
         conv_bn(self.stem1)
         conv_bn(self.stem2)
-        for block in self.entry:
+        for block in cast("list[_EntryBlock]", list(self.entry)):
             conv_bn(block.sep1)
             conv_bn(block.sep2)
             conv_bn(block.shortcut)
-        for middle in self.middle:
-            for sep in middle.seps:
+        for middle in cast("list[_MiddleBlock]", list(self.middle)):
+            for sep in cast("list[_SepBN]", list(middle.seps)):
                 conv_bn(sep)
         conv_bn(self.exit1)
         conv_bn(self.exit2)

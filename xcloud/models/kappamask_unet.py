@@ -193,7 +193,8 @@ class KappaMaskUNet(nn.Module):
                     nn.init.xavier_uniform_(module.weight)
                 else:
                     nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
         multiple = 2 ** (self.config.depth - 1)
@@ -279,6 +280,7 @@ class KappaMaskUNet(nn.Module):
             tensors.append((conv, torch.from_numpy(np.ascontiguousarray(
                 kernel.transpose(3, 2, 0, 1))), torch.from_numpy(bias.copy())))
         with torch.no_grad():
-            for conv, kernel, bias in tensors:
-                conv.weight.copy_(kernel)
-                conv.bias.copy_(bias)
+            for conv, kernel_tensor, bias_tensor in tensors:
+                conv.weight.copy_(kernel_tensor)
+                assert conv.bias is not None  # every KappaMask convolution has a bias
+                conv.bias.copy_(bias_tensor)

@@ -139,8 +139,8 @@ class PublishedWeights:
     @property
     def size(self) -> int | None:
         """Total size in bytes, or ``None`` if any file's size is unknown."""
-        sizes = [f.size for f in self.files]
-        return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[misc]
+        sizes = [f.size for f in self.files if f.size is not None]
+        return None if len(sizes) < len(self.files) else sum(sizes)
 
     @property
     def hashes_known(self) -> int:

@@ -422,12 +422,12 @@ class SEnSeIv2Encoder(nn.Module):
         blocks, width = [], self.descriptor_size
         for spec in self.config["blocks"]:
             block = _BLOCKS[spec["type"]](spec, width)
-            width = block.output_size
+            width = int(block.output_size)  # type: ignore[arg-type]
             blocks.append(block)
         self.blocks = nn.ModuleList(blocks)
         self.embedding_dims = width
-        self.feature_size = next(
-            (b.frequency_head.layers[2].in_features for b in blocks
+        self.feature_size: int = next(
+            (int(b.frequency_head.layers[2].in_features) for b in blocks  # type: ignore[arg-type]
              if isinstance(b, BandEmbedding)), self.descriptor_size)
 
     def describe(self, descriptors: Sequence[Mapping[str, Any]]) -> torch.Tensor:

@@ -45,7 +45,9 @@ class TorchCloudModel(BaseCloudModel):
         self.device = torch.device(device)
         self.per_image = per_image
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.network = network.to(self.device, memory_format=self.memory_format).eval()
+        self.network = network.to(self.device).eval()
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         """The batch as the network takes it (float32, ``(N, bands, H, W)``); subclasses may
