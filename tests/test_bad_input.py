@@ -32,6 +32,7 @@ from xcloud.errors import (
     CrsError,
     GridError,
     InputDtypeError,
+    InvalidPixelsWarning,
     InvalidReflectanceError,
     MissingBandError,
     MissingWeightsError,
@@ -151,17 +152,21 @@ def test_wrong_dtype_integer_digital_numbers(scene):
 
 def test_values_out_of_physical_range(scene, probe):
     unscaled = scene.map(lambda v: v * 10000 + 1000)  # floats, but digital numbers
-    with raises_exactly(InvalidReflectanceError, r"unscaled digital numbers.*scale=0\.0001"):
+    with raises_exactly(InvalidReflectanceError, r"digital numbers.*scale=0\.0001"):
         unscaled.cloudmask.predict(model=PROBE)
     assert probe == []
 
 
-def test_nan_or_inf_in_some_bands_raises_by_default(scene, probe):
+def test_nan_or_inf_in_some_bands_is_nodata_by_default_and_raises_on_request(scene, probe):
     broken = scene.copy(deep=True)
     broken["B02"][5, 5] = np.inf
     broken["B04"][7, 9] = np.nan
+    with pytest.warns(InvalidPixelsWarning, match="2 pixels of a chunk have NaN"):
+        mask = broken.cloudmask.predict(model=PROBE)
+    assert mask.values[5, 5] == mask.values[7, 9] == 255
+    assert mask.attrs["xcloud:invalid_pixels"] == 2 and mask.attrs["xcloud:invalid"] == "nodata"
     with raises_exactly(InvalidReflectanceError, "invalid='nodata'"):
-        broken.cloudmask.predict(model=PROBE)
+        broken.cloudmask.predict(model=PROBE, invalid="raise")
 
 
 def test_nan_or_inf_in_some_bands_with_invalid_nodata(scene, probe):

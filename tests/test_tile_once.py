@@ -190,9 +190,9 @@ def test_each_pixel_is_normalised_once(monkeypatch, factor):
     seen = []
     original = tile_once._normalized
 
-    def counting(image, task):
+    def counting(image, task, region=None):
         seen.append(image.shape[-2] * image.shape[-1])
-        return original(image, task)
+        return original(image, task, region)
 
     monkeypatch.setattr(tile_once, "_normalized", counting)
     _register(f"context-once-{factor}", 10.0 * factor)

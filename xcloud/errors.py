@@ -15,9 +15,11 @@ __all__ = [
     "DatasetError",
     "GridError",
     "InputDtypeError",
+    "InvalidPixelsWarning",
     "InvalidReflectanceError",
     "MissingBandError",
     "MissingWeightsError",
+    "ModelOutputError",
     "NoItemsError",
     "OptionalDependencyError",
     "RadiometryError",
@@ -108,8 +110,17 @@ class AssetReadError(StacError, OSError):
     """An asset file of a STAC item cannot be read (missing, corrupt or truncated)."""
 
 
+class ModelOutputError(XcloudError, ValueError):
+    """The model's output is not usable (e.g. not finite for many pixels of a chunk)."""
+
+
 class XcloudWarning(UserWarning):
     """Base class of xcloud's warnings."""
+
+
+class InvalidPixelsWarning(XcloudWarning):
+    """Pixels that cannot be valid (NaN in some bands, impossible values, a non-finite model
+    output) were marked no data."""
 
 
 class AssetReadWarning(XcloudWarning):

@@ -7,16 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidReflectanceError
 from ..models.protocol import CloudModel
 from ..models.registry import get
 from .cache import ModelSpec, get_model
+from .checks import check_input, invalid_pixels, nonfinite_pixels
 from .device import limit_torch_threads, threads_per_task
 from .tiling import predict_tiled
 
 __all__ = ["BlockTask", "predict_block"]
-
-_DN_LIKE = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,8 @@ class BlockTask:
     halo_at_edges: bool = True
     shared: bool = False
     tile_blend: str = "ramp"
+    strict: bool = False
+    token: str = ""
 
     @property
     def n_out(self) -> int:
@@ -76,27 +76,21 @@ def _core(task: BlockTask, axis: int, index: int, origin: int) -> tuple[int, int
     return start - origin, task.chunk_stops[axis][index] - origin
 
 
-def _nodata_mask(image: np.ndarray, task: BlockTask) -> np.ndarray:
-    finite = np.isfinite(image)
+def _nodata_mask(image: np.ndarray, task: BlockTask,
+                 region: tuple[slice, slice] | None = None) -> np.ndarray:
+    """No data (y, x): all bands NaN (or ``task.nodata``), and the pixels that cannot be valid
+    (:func:`~xcloud.engine.checks.invalid_pixels`); raises where the chunk cannot be
+    reflectance (:func:`~xcloud.engine.checks.check_input`)."""
     empty = np.isnan(image).all(axis=0)
     if task.nodata is not None:
         empty |= (image == np.float32(task.nodata)).all(axis=0)
-    broken = ~finite.all(axis=0) & ~empty
-    if broken.any():
-        if task.invalid != "nodata":
-            raise InvalidReflectanceError(
-                f"{int(broken.sum())} pixels of a chunk have NaN or infinite values in some bands "
-                "but not all; fill them, or pass invalid='nodata' to mark them as no data"
-            )
-        empty |= broken
-    valid_values = image.shape[0] * int(np.count_nonzero(~empty))
-    if valid_values and np.count_nonzero(image > _DN_LIKE) > valid_values // 2:
-        raise InvalidReflectanceError(
-            "most values exceed a reflectance of 2: the input looks like unscaled digital numbers; "
-            "pass scale=0.0001 (and offset=-0.1 from processing baseline 04.00) or use "
-            "xcloud.load()"
-        )
-    return empty
+    check_input(image, ~empty & np.isfinite(image).all(axis=0), _band_names(task))
+    return empty | invalid_pixels(image, empty, invalid=task.invalid, token=task.token,
+                                  region=region)
+
+
+def _band_names(task: BlockTask) -> tuple[str, ...]:
+    return task.spec.bands or get(task.spec.name).info.bands
 
 
 def _empty_output(shape: tuple[int, int], task: BlockTask) -> np.ndarray:
@@ -199,18 +193,20 @@ def _model_scene(task: BlockTask) -> tuple[int, int] | None:
     return math.ceil(stops[0] * task.zoom - 1e-9), math.ceil(stops[1] * task.zoom - 1e-9)
 
 
-def _prepared(image: np.ndarray, task: BlockTask
+def _prepared(image: np.ndarray, task: BlockTask, region: tuple[slice, slice]
               ) -> tuple[CloudModel | None, np.ndarray | None, np.ndarray]:
     """The model, the normalised image (no-data pixels 0) and the no-data mask of a block;
-    model and image are ``None`` when the block holds no data at all (the model is not run)."""
-    normalized, empty = _normalized(image, task)
+    model and image are ``None`` when the block holds no data at all (the model is not run).
+    ``region`` is the chunk's own part of the block (where invalid pixels are counted)."""
+    normalized, empty = _normalized(image, task, region)
     return (None if normalized is None else _loaded_model(task)), normalized, empty
 
 
-def _normalized(image: np.ndarray, task: BlockTask) -> tuple[np.ndarray | None, np.ndarray]:
+def _normalized(image: np.ndarray, task: BlockTask, region: tuple[slice, slice] | None = None
+                ) -> tuple[np.ndarray | None, np.ndarray]:
     """The normalised image (no-data pixels 0; ``None`` when all are no data) and the no-data
-    mask."""
-    empty = _nodata_mask(image, task)
+    mask; invalid pixels inside ``region`` are counted."""
+    empty = _nodata_mask(image, task, region)
     if empty.all():
         return None, empty
     # the loaded model's normalisation: a checkpoint may bring its own
@@ -229,17 +225,20 @@ def _loaded_model(task: BlockTask) -> CloudModel:
     return model
 
 
-def _finish(proba: np.ndarray, core_empty: np.ndarray, task: BlockTask) -> np.ndarray:
+def _finish(proba: np.ndarray, core_empty: np.ndarray, task: BlockTask,
+            region: tuple[slice, slice] | None = None) -> np.ndarray:
     """The core's output (channels, rows, columns): probabilities, or classes; no data where
-    ``core_empty``."""
+    ``core_empty`` or the probabilities are not finite (counted inside ``region``)."""
     model = get_model(task.spec)
+    broken = nonfinite_pixels(proba, core_empty, strict=task.strict, token=task.token,
+                              region=region)
     if task.output == "proba":
         proba = proba.astype(np.float32, copy=False)
-        proba[:, core_empty] = np.nan
+        proba[:, core_empty | broken] = np.nan
         return proba
     values = np.asarray(model.info.scheme.values, np.uint8)
-    classes = values[model.classify(proba)]
-    classes[core_empty] = model.info.scheme.nodata.value
+    classes = values[model.classify(np.where(broken, 0.0, proba))]
+    classes[core_empty | broken] = model.info.scheme.nodata.value
     return classes[None]
 
 
@@ -247,14 +246,14 @@ def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
                    core: Window | None = None) -> np.ndarray:
     """The block's output; only the core (what survives the trim) is computed."""
     output = _empty_output(image.shape[-2:], task)
-    model, normalized, empty = _prepared(image, task)
+    inside = _core_slices(core, image.shape[-2:])
+    model, normalized, empty = _prepared(image, task, inside)
     if model is None:
         return output
     assert normalized is not None
     if task.tile_size is None:  # pixel models: classify the whole block, so that spatial
         proba = _model_probabilities(model, normalized, task, origin, None)  # post-processing
-        return _finish(proba, empty, task)  # sees the halo (the trim removes it)
-    inside = _core_slices(core, image.shape[-2:])
+        return _finish(proba, empty, task, inside)  # sees the halo (the trim removes it)
     proba = _model_probabilities(model, normalized, task, origin, core)
     output[(slice(None), *inside)] = _finish(proba, empty[inside], task)
     return output

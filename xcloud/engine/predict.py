@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ..outputs.cf import mask_attrs, probability_attrs
 from . import tile_once
 from .blocks import BlockTask, predict_block
 from .cache import ModelSpec
+from .checks import take_counts
 from .device import resolve_device
 from .tiling import BLENDS
 
@@ -149,12 +151,13 @@ def predict(
     tile_anchor: int | None = None,
     tile_blend: str | None = None,
     nodata: float | None = None,
-    invalid: str = "raise",
+    invalid: str = "nodata",
     resolution: float | None = None,
     scale: float | None = None,
     offset: float | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     bands: Sequence[str] | None = None,
+    strict: bool = False,
 ) -> xr.DataArray:
     """Cloud mask (uint8 classes) or class probabilities (float32) of Sentinel-2 bands.
 
@@ -190,7 +193,12 @@ def predict(
     nodata
         Value that marks missing data when all bands have it (in the input's units).
     invalid
-        ``"raise"`` (default) or ``"nodata"`` for pixels with NaN/inf in only some bands.
+        Pixels that cannot be valid (NaN or infinity in some bands but not all, values outside
+        the physical range of reflectance, see :mod:`xcloud.engine.checks`): ``"nodata"``
+        (default) marks them no data, with an :class:`~xcloud.errors.InvalidPixelsWarning`
+        and, for a computed result, their count in the ``xcloud:invalid_pixels`` attribute;
+        ``"raise"`` refuses them. Input that cannot be reflectance at all (a band of digital
+        numbers, an offset applied twice, a chunk far too dark) always raises.
     resolution
         Input pixel size in metres when the coordinates do not tell it.
     scale, offset
@@ -200,6 +208,11 @@ def predict(
     bands
         For models that take any set of bands (SEnSeI-v2): the bands to give the model, in
         channel order (default: the model's own list). Models with a fixed layout refuse it.
+    strict
+        Raise :class:`~xcloud.errors.ModelOutputError` where the model's output is not finite
+        for more than 1 % of a chunk's valid pixels; by default such pixels are no data (never
+        a class), reported with a warning and, for a computed result, counted in the
+        ``xcloud:nonfinite_pixels`` attribute.
 
     Returns
     -------
@@ -256,12 +269,17 @@ def predict(
         tile_overlap=info.tile_overlap if tile_overlap is None else tile_overlap,
         tile_anchor=info.tile_anchor if tile_anchor is None else tile_anchor,
         tile_blend=info.tile_blend if tile_blend is None else tile_blend,
-        nodata=nodata, invalid=invalid,
+        nodata=nodata, invalid=invalid, strict=strict, token=uuid.uuid4().hex,
     )
     result = _wrap(_map_chunks(array, task, boundary), cube, info, output, had_time)
     if SOURCE_ITEMS_ATTR in data.attrs:
         result.attrs[SOURCE_ITEMS_ATTR] = list(data.attrs[SOURCE_ITEMS_ATTR])
+    result.attrs["xcloud:invalid"] = invalid
     if lazy:
         return result
     with dask.config.set(scheduler="threads"):
-        return result.compute()
+        computed = result.compute()
+    counts = take_counts(task.token)
+    computed.attrs["xcloud:invalid_pixels"] = counts.get("invalid_input", 0)
+    computed.attrs["xcloud:nonfinite_pixels"] = counts.get("nonfinite_output", 0)
+    return computed

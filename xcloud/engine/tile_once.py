@@ -167,6 +167,14 @@ def _window(spans: tuple[Span, Span]) -> tuple[tuple[int, int], tuple[int, int]]
     return (top, left), (bottom - top, right - left)
 
 
+def _inside_scene(shape: tuple[int, ...], origin: tuple[int, int],
+                  task: BlockTask) -> tuple[slice, slice]:
+    """The part of a padded-scene block that is the scene itself (not edge padding)."""
+    rows, cols = (slice(max(0, -start), max(0, min(size, task.chunk_stops[axis][-1] - start)))
+                  for axis, (start, size) in enumerate(zip(origin, shape, strict=True)))
+    return rows, cols
+
+
 def prepare(block: np.ndarray, task: BlockTask,
             origin: tuple[int, int]) -> tuple[GridPart | None, np.ndarray]:
     """A chunk of the padded scene at input pixel ``origin``: its normalised pixels summed on
@@ -175,7 +183,7 @@ def prepare(block: np.ndarray, task: BlockTask,
     Runs once per chunk, so each pixel is checked, normalised and averaged once, and only
     model-grid sums (``factor**2`` times fewer values) travel to the neighbours that need them.
     """
-    normalized, empty = _normalized(block[0], task)
+    normalized, empty = _normalized(block[0], task, _inside_scene(block.shape[-2:], origin, task))
     if normalized is None:
         return None, empty
     from ..data.resample import block_sums  # numba kernels load on first use
