@@ -10,6 +10,8 @@ import xcloud
 from xcloud.errors import UnknownModelError
 from xcloud.models import registry
 
+from .conftest import need_data
+
 
 def test_builtin_models_are_listed_with_metadata():
     names = xcloud.models.list()
@@ -126,3 +128,75 @@ def test_bands_reach_models_that_take_any_set_and_are_refused_by_fixed_ones(scen
     assert (by_default.values == 1).all() and (red_first.values == 0).all()
     with pytest.raises(TypeError, match="fixed set of bands"):
         scene.cloudmask.predict(model="ukis-6b-l1c", bands=["B02"])
+
+
+# -- weights given by the user: typed failures and provenance ----------------------------------
+
+def _ukis_onnx():
+    ukis_csmask = pytest.importorskip("ukis_csmask")
+    from pathlib import Path
+    return Path(ukis_csmask.__file__).parent / "model_6b_l1c.onnx"
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_empty_or_looping_weights_path_is_a_weights_error(tmp_path):
+    with pytest.raises(xcloud.errors.WeightsError, match="empty"):
+        xcloud.models.load("kappamask-l1c", weights="")
+    loop = tmp_path / "loop.hdf5"
+    loop.symlink_to(tmp_path / "loop.hdf5")
+    with pytest.raises(xcloud.errors.WeightsError, match=r"cannot be followed|loop"):
+        xcloud.models.load("kappamask-l1c", weights=loop)
+
+
+@pytest.mark.parametrize(("model", "name", "content"), [
+    ("cloudsen12-l2a", "truncated.pt", b"PK\x03\x04" + b"\x00" * 40),
+    ("kappamask-l1c", "weights.hdf5", b"\x89HDF\r\n\x1a\n" + b"\x00" * 100),
+    ("sensei-v2", "weights.pt", b"\x80\x02}q\x00."),
+])
+def test_unreadable_weights_are_weights_errors_naming_the_file(tmp_path, model, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(xcloud.errors.WeightsError, match=name):
+        xcloud.models.load(model, weights=path)
+
+
+def test_a_keras_file_whose_model_config_is_a_list_is_a_weights_error(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "landsatbiomeRGBI6-copy.hdf5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["model_config"] = "[1, 2, 3]"
+        handle.create_group("model_weights")
+    with pytest.raises(xcloud.errors.WeightsError, match="landsatbiomeRGBI6-copy"):
+        xcloud.models.load("dl-l8s2-uv-rgbi", weights=path)
+
+
+def test_a_corrupt_copy_under_the_published_name_is_refused(tmp_path):
+    shipped = _ukis_onnx()
+    copy = tmp_path / shipped.name
+    copy.write_bytes(shipped.read_bytes())
+    _flip_a_byte(copy)
+    with pytest.raises(xcloud.errors.WeightsError, match="corrupt or altered copy"):
+        xcloud.models.load("ukis-6b-l1c", weights=copy)
+
+
+def test_masks_say_whether_the_weights_are_the_published_ones(tmp_path, scene):
+    shipped = _ukis_onnx()
+    copy = tmp_path / "renamed.onnx"
+    copy.write_bytes(shipped.read_bytes())
+    mask = scene.cloudmask.predict(model="ukis-6b-l1c", weights=copy)
+    assert mask.attrs["xcloud:weights_origin"] == "published"
+    assert mask.attrs["xcloud:weights_sha256"] == registry.get("ukis-6b-l1c").sha256
+    default = scene.cloudmask.predict(model="ukis-6b-l1c")
+    assert "xcloud:weights_origin" not in default.attrs
+    h5py = pytest.importorskip("h5py")
+    del h5py
+    fixture = need_data("fixtures/kappamask_keras/l1c_unet.hdf5")
+    user = scene.cloudmask.predict(model="kappamask-l1c", weights=fixture, tile_size=192,
+                                   tile_overlap=0)
+    assert user.attrs["xcloud:weights_origin"] == "user"

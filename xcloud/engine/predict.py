@@ -20,7 +20,7 @@ from ..data.load import DEFAULT_CHUNK, SOURCE_ITEMS_ATTR
 from ..models.fetch import fetch_weights
 from ..models.protocol import ModelInfo
 from ..models.published import default_for
-from ..models.registry import ModelEntry, get
+from ..models.registry import ModelEntry, get, weights_origin
 from ..outputs.cf import mask_attrs, probability_attrs
 from . import tile_once
 from .blocks import BlockTask, predict_block
@@ -275,6 +275,8 @@ def predict(
     if SOURCE_ITEMS_ATTR in data.attrs:
         result.attrs[SOURCE_ITEMS_ATTR] = list(data.attrs[SOURCE_ITEMS_ATTR])
     result.attrs["xcloud:invalid"] = invalid
+    if weights is not None:  # the user's file or a copy of the published one: say which
+        result.attrs.update(weights_origin(entry, weights))
     if lazy:
         return result
     with dask.config.set(scheduler="threads"):

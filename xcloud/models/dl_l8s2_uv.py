@@ -601,7 +601,8 @@ def _entry(variant: _Variant) -> ModelEntry:
     info = _info(variant, version=f"{variant.file} of IPL-UV/DL-L8S2-UV (not shipped)",
                  weights_source=f"none shipped: pass weights=PATH to {variant.file} from "
                                 f"{_REPOSITORY}")
-    return ModelEntry(info=info, loader=load, sha256=variant.sha256)
+    return ModelEntry(info=info, loader=load, sha256=variant.sha256,
+                      weights_filename=variant.file)
 
 
 DL_L8S2_UV_MODELS = {variant.name: register(_entry(variant), overwrite=True)

@@ -13,26 +13,34 @@ from __future__ import annotations
 import difflib
 import hashlib
 import inspect
+import os
+import pickle
 import re
+import struct
 import threading
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
-from ..errors import UnknownModelError, WeightsError
+from ..errors import UnknownModelError, WeightsError, XcloudError
 from .protocol import CloudModel, ModelInfo
+from .published import published_for_model
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BandSpec",
     "ModelEntry",
     "get",
+    "known_weights",
     "list_models",
     "load",
     "register",
     "sha256",
     "unregister",
+    "weights_origin",
 ]
 
 ENTRY_POINT_GROUP = "xcloud.models"
@@ -52,11 +60,14 @@ class ModelEntry:
     ``sha256`` is the checksum of the default weights file (64 lowercase hex digits), which
     the loader verifies before it deserialises anything; entries whose weights are always the
     user's own local file (``info.needs_weights_file`` and nothing published) have none.
+    ``weights_filename`` is that file's name: a file of that name given as ``weights=`` with
+    another checksum is a corrupt copy and refused.
     """
 
     info: ModelInfo
     loader: Loader
     sha256: str | None = None
+    weights_filename: str | None = None
 
     def __post_init__(self) -> None:
         if self.sha256 is not None and not _SHA256_HEX.fullmatch(self.sha256):
@@ -77,12 +88,84 @@ class ModelEntry:
         ``bands`` is for models that take any set of bands (SEnSeI-v2): the bands, in channel
         order, that the loaded model is given; models with a fixed layout refuse it.
         """
-        if bands is None:
-            return self.loader(weights=weights, device=device, runtime=runtime)
-        if "bands" not in inspect.signature(self.loader).parameters:
-            raise TypeError(f"model {self.name!r} takes a fixed set of bands "
-                            f"({', '.join(self.info.bands)}); do not pass bands=")
-        return self.loader(weights=weights, device=device, runtime=runtime, bands=bands)
+        options: dict[str, Any] = {"weights": weights, "device": device, "runtime": runtime}
+        if bands is not None:
+            if "bands" not in inspect.signature(self.loader).parameters:
+                raise TypeError(f"model {self.name!r} takes a fixed set of bands "
+                                f"({', '.join(self.info.bands)}); do not pass bands=")
+            options["bands"] = bands
+        if weights is None:
+            return self.loader(**options)
+        _refuse_corrupt_copy(self, _checked_weights(weights))
+        try:
+            return self.loader(**options)
+        except XcloudError:
+            raise
+        except _READ_ERRORS as error:  # whatever a reader raises on a file it cannot read
+            raise WeightsError(
+                f"weights={os.fspath(weights)!r} cannot be read as weights of {self.name} "
+                f"({type(error).__name__}: {error}); pass a file in the format the model's "
+                "documentation names") from error
+
+
+_READ_ERRORS = (OSError, RuntimeError, AttributeError, KeyError, EOFError, UnicodeDecodeError,
+                zipfile.BadZipFile, pickle.UnpicklingError, struct.error)
+
+
+def _checked_weights(weights: str | os.PathLike[str]) -> str | Path:
+    """``weights`` as a path (or a URL, as it is); :class:`WeightsError` for an empty one or a
+    symbolic-link loop."""
+    text = os.fspath(weights)
+    if not text.strip():
+        raise WeightsError("weights='' is empty: pass the path (or URL) of a weights file, or "
+                           "leave weights= out for the model's default")
+    if "://" in text:
+        return text
+    path = Path(text).expanduser()
+    try:
+        path.resolve(strict=False)
+        path.exists()
+    except (RuntimeError, OSError) as error:  # a symlink loop: RuntimeError before 3.13
+        raise WeightsError(f"weights={text!r} cannot be followed ({error}); pass the path of "
+                           "the weights file itself") from None
+    return path
+
+
+def known_weights(entry: ModelEntry) -> dict[str, set[str]]:
+    """The published or shipped weights files of ``entry``'s model: name -> sha256s."""
+    known: dict[str, set[str]] = {}
+    if entry.weights_filename and entry.sha256:
+        known.setdefault(entry.weights_filename, set()).add(entry.sha256)
+    for artifact in published_for_model(entry.name):
+        for file in artifact.files:
+            if file.sha256:
+                known.setdefault(file.filename, set()).add(file.sha256)
+    return known
+
+
+def _refuse_corrupt_copy(entry: ModelEntry, path: str | Path) -> None:
+    if not isinstance(path, Path) or not path.is_file():
+        return
+    expected = known_weights(entry).get(path.name)
+    if expected and sha256(path) not in expected:
+        raise WeightsError(
+            f"weights={str(path)!r} has the name of {entry.name}'s published file but not its "
+            f"sha256 ({', '.join(sorted(expected))}): a corrupt or altered copy; fetch it "
+            "again (`xcloud weights fetch`, or reinstall the package that ships it)")
+
+
+def weights_origin(entry: ModelEntry, weights: str | os.PathLike[str]) -> dict[str, str]:
+    """Provenance of a weights file given as ``weights=``, for the mask's attributes:
+    its path, sha256 and ``published`` (one of the model's published or shipped files) or
+    ``user`` (any other file)."""
+    text = os.fspath(weights)
+    path = Path(text).expanduser()
+    if "://" in text or not path.is_file():
+        return {"xcloud:weights": text, "xcloud:weights_origin": "user"}
+    digest = sha256(path)
+    published = any(digest in hashes for hashes in known_weights(entry).values())
+    return {"xcloud:weights": str(path), "xcloud:weights_sha256": digest,
+            "xcloud:weights_origin": "published" if published else "user"}
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -134,4 +134,5 @@ def _load(*, weights: str | Path | None = None, device: str = "cpu",
     return S2CloudlessModel(INFO, path, runtime=runtime)
 
 
-ENTRY = register(ModelEntry(info=INFO, loader=_load, sha256=_SHA256), overwrite=True)
+ENTRY = register(ModelEntry(info=INFO, loader=_load, sha256=_SHA256, weights_filename=_BOOSTER),
+                 overwrite=True)

@@ -173,7 +173,7 @@ def _entry(variant: str) -> ModelEntry:
     except MissingWeightsError:  # listed without its package; loading says what to install
         normalization = Normalization("standard")
     return ModelEntry(info=_info(variant, name, level, bands, normalization), loader=load,
-                      sha256=_SHA256[variant])
+                      sha256=_SHA256[variant], weights_filename=f"model_{variant}.onnx")
 
 
 def _info(variant: str, name: str, level: str, bands: str,
