@@ -7,7 +7,9 @@ no-data result.
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -218,9 +220,13 @@ def test_empty_search_result(tmp_path):
 
 def test_unknown_processing_baseline():
     asset = {"raster:bands": [{"nodata": 0}]}
-    with raises_exactly(RadiometryError, "pass assume_baseline="):
+    with raises_exactly(RadiometryError, "pass assume_baseline=") as info:
         asset_radiometry({}, asset, "B04", item_id="S2X_undated")
-    assert asset_radiometry({}, asset, "B04", assume_baseline="04.00").offset == pytest.approx(-0.1)
+    # every assume_baseline= the advice gives works when copied as written
+    advised = re.findall(r"assume_baseline=('[^']*')", str(info.value))
+    offsets = {ast.literal_eval(value): asset_radiometry(
+        {}, asset, "B04", assume_baseline=ast.literal_eval(value)).offset for value in advised}
+    assert offsets == {"04.00": pytest.approx(-0.1), "02.14": 0.0}
 
 
 def test_unreadable_assumed_baseline():

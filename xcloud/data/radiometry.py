@@ -155,6 +155,8 @@ def asset_radiometry(
         raise RadiometryError(
             f"item {item_id!r} has no processing baseline (s2:processing_baseline) and asset "
             f"{band_name} has no raster:bands offset, so the -0.1 reflectance offset of "
-            "baseline >= 04.00 cannot be decided; pass assume_baseline='02.xx' or '04.00'"
+            "baseline >= 04.00 cannot be decided; pass assume_baseline='04.00' for products "
+            "processed from 2022-01-25 on (offset -0.1), or assume_baseline='02.14' for older "
+            "ones (no offset)"
         )
     return Radiometry(scale, baseline_offset(baseline), nodata, source)
