@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xcloud.data.inputs import band_cube, pixel_size, to_reflectance
-from xcloud.errors import BandError, InputDtypeError, XcloudWarning
+from xcloud.data.inputs import band_cube, check_regular_grid, pixel_size, to_reflectance
+from xcloud.errors import BandError, GridError, InputDtypeError, XcloudWarning
 
 
 def test_dataset_bands_are_stacked_in_model_order(scene):
@@ -70,3 +70,34 @@ def test_pixel_size_from_coordinates(scene):
 def test_pixel_size_unknown_warns():
     with pytest.warns(XcloudWarning, match="resolution="):
         assert pixel_size(xr.DataArray(np.zeros((3, 3)), dims=("y", "x")), default=30) == 30
+
+
+# -- issue 18: geometry and per-band dtype ------------------------------------------------------
+
+def _two_band_scene(x, y):
+    values = np.full((2, len(y), len(x)), 0.2, np.float32)
+    return xr.Dataset({"B02": (("y", "x"), values[0]), "B03": (("y", "x"), values[1])},
+                      coords={"x": x, "y": y})
+
+
+def test_uneven_x_coordinates_are_refused():
+    x = np.cumsum(np.r_[0, np.full(20, 10.0), np.full(20, 11.0)])
+    y = 5000 - 10.0 * np.arange(41)
+    with pytest.raises(GridError, match="x coordinates are not evenly spaced"):
+        band_cube(_two_band_scene(x, y), ("B02", "B03")).pipe(check_regular_grid)
+
+
+def test_pixels_that_are_not_square_are_refused():
+    x = 300000 + 10.0 * np.arange(30)
+    y = 5000 - 30.0 * np.arange(30)
+    with pytest.raises(GridError, match="not square: x steps 10, y steps 30"):
+        check_regular_grid(band_cube(_two_band_scene(x, y), ("B02", "B03")))
+    scene = _two_band_scene(x, 5000 - 10.0 * np.arange(30))
+    check_regular_grid(band_cube(scene, ("B02", "B03")))  # square, even: fine
+
+
+def test_one_integer_band_among_float_bands_is_refused():
+    scene = _two_band_scene(np.arange(8.0) * 10, np.arange(8.0) * -10)
+    scene["B03"] = (scene["B03"] * 10000).astype(np.uint16)
+    with pytest.raises(InputDtypeError, match="bands B03 are integers"):
+        band_cube(scene, ("B02", "B03"))

@@ -12,7 +12,7 @@ import xarray as xr
 from ..errors import BandError, GridError, InputDtypeError, XcloudWarning
 from .bands import match_bands
 
-__all__ = ["band_cube", "pixel_size", "spatial_dims", "to_reflectance"]
+__all__ = ["band_cube", "check_regular_grid", "pixel_size", "spatial_dims", "to_reflectance"]
 
 _SPATIAL_PAIRS = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"), ("rows", "cols"))
 
@@ -67,6 +67,18 @@ def _check_one_grid(data: xr.Dataset, names: Sequence[str]) -> None:
         )
 
 
+def _check_one_dtype(data: xr.Dataset, names: Sequence[str]) -> None:
+    """Refuse integer bands beside floating-point ones: one band of digital numbers among
+    bands of reflectance would pass a check of the combined dtype."""
+    integers = [n for n in names if np.issubdtype(data[n].dtype, np.integer)]
+    if integers and len(integers) < len(names):
+        raise InputDtypeError(
+            f"bands {', '.join(integers)} are integers ({data[integers[0]].dtype}) while the "
+            "others are floating point: probably digital numbers beside reflectance; convert "
+            "them (reflectance = DN * 0.0001, - 0.1 from processing baseline 04.00) or load "
+            "all bands with xcloud.load()")
+
+
 def _stack_blocks(*blocks: np.ndarray) -> np.ndarray:
     return np.stack(blocks, axis=-3)  # of dtype np.result_type(*blocks)
 
@@ -100,6 +112,7 @@ def band_cube(data: xr.Dataset | xr.DataArray, bands: Sequence[str]) -> xr.DataA
     if isinstance(data, xr.Dataset):
         names = match_bands(data.data_vars, bands)
         _check_one_grid(data, names)
+        _check_one_dtype(data, names)
         ydim, xdim = spatial_dims(data[names[0]])
         cube = _stacked([data[n] for n in names], ydim, xdim)
     elif isinstance(data, xr.DataArray):
@@ -140,6 +153,35 @@ def to_reflectance(cube: xr.DataArray, *, scale: float | None,
     if not np.issubdtype(cube.dtype, np.floating):
         raise InputDtypeError(f"bands of dtype {cube.dtype} cannot be used as reflectance")
     return cube.astype(np.float32, copy=False)
+
+
+def _steps(coord: np.ndarray, name: Hashable) -> float | None:
+    """The step of an evenly spaced coordinate (``None`` for fewer than two values);
+    :class:`GridError` if it is not evenly spaced."""
+    if coord.size < 2 or not np.issubdtype(coord.dtype, np.number):
+        return None
+    steps = np.diff(coord.astype(np.float64))
+    step = float(steps[0])
+    if step == 0 or not np.allclose(steps, step, rtol=1e-6, atol=1e-9 * abs(step)):
+        raise GridError(
+            f"the {name} coordinates are not evenly spaced (steps from {steps.min():g} to "
+            f"{steps.max():g}): xcloud needs a regular grid; resample the data onto one first "
+            "(e.g. .rio.reproject() or xcloud.load(..., resolution=10))")
+    return step
+
+
+def check_regular_grid(cube: xr.DataArray) -> None:
+    """Raise :class:`GridError` unless the x and y coordinates (where present) are evenly
+    spaced with square pixels (the same step on both axes)."""
+    ydim, xdim = spatial_dims(cube)
+    steps = {dim: _steps(np.asarray(cube[dim].values), dim)
+             for dim in (xdim, ydim) if dim in cube.coords}
+    known = {dim: abs(step) for dim, step in steps.items() if step is not None}
+    if len(known) == 2 and not np.isclose(known[xdim], known[ydim], rtol=1e-6):
+        raise GridError(
+            f"the pixels are not square: {xdim} steps {known[xdim]:g}, {ydim} steps "
+            f"{known[ydim]:g}; bring the bands to one square grid first (e.g. "
+            ".rio.reproject(resolution=...) or xcloud.load(..., resolution=10))")
 
 
 def pixel_size(cube: xr.DataArray, *, default: float) -> float:

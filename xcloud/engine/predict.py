@@ -15,7 +15,13 @@ import numpy as np
 import xarray as xr
 from dask.array.overlap import ensure_minimum_chunksize
 
-from ..data.inputs import band_cube, pixel_size, spatial_dims, to_reflectance
+from ..data.inputs import (
+    band_cube,
+    check_regular_grid,
+    pixel_size,
+    spatial_dims,
+    to_reflectance,
+)
 from ..data.load import DEFAULT_CHUNK, SOURCE_ITEMS_ATTR
 from ..models.fetch import fetch_weights
 from ..models.protocol import ModelInfo
@@ -241,6 +247,7 @@ def predict(
     if nodata is not None and (scale is not None or offset is not None):
         nodata = float(np.float32(nodata) * (1.0 if scale is None else scale)
                        + (0.0 if offset is None else offset))
+    check_regular_grid(cube)
     zoom = (resolution or pixel_size(cube, default=info.resolution)) / info.resolution
     depth = _halo_pixels(info, zoom, halo)
     # along an axis shorter than the halo (one chunk) a wider halo would only add mirrored

@@ -147,11 +147,13 @@ def _refuse_corrupt_copy(entry: ModelEntry, path: str | Path) -> None:
     if not isinstance(path, Path) or not path.is_file():
         return
     expected = known_weights(entry).get(path.name)
-    if expected and sha256(path) not in expected:
+    actual = sha256(path) if expected else None
+    if expected and actual not in expected:
         raise WeightsError(
-            f"weights={str(path)!r} has the name of {entry.name}'s published file but not its "
-            f"sha256 ({', '.join(sorted(expected))}): a corrupt or altered copy; fetch it "
-            "again (`xcloud weights fetch`, or reinstall the package that ships it)")
+            f"weights={str(path)!r} has sha256 {actual}, not that of {entry.name}'s published "
+            f"file of this name ({', '.join(sorted(expected))}): a corrupt or altered copy; "
+            "download it again (`xcloud weights fetch`, or reinstall the package that ships "
+            "it)")
 
 
 def weights_origin(entry: ModelEntry, weights: str | os.PathLike[str]) -> dict[str, str]:
