@@ -401,7 +401,8 @@ def _info(level: str, architecture: str, *, normalization: Normalization, versio
         tile_size=_TILE_SIZE,
         tile_overlap=_TILE_OVERLAP,
         level=level,
-        licence="code and published weights: Apache-2.0 (KappaZeta km_predict)",
+        licence="weights: unstated by KappaZeta (ask them before commercial use); "
+                "km_predict code: Apache-2.0",
         weights_source=weights_source,
         needs_weights_file=True,
         description=f"KappaMask {network}, {level}: undefined, clear, cloud shadow, "

@@ -417,6 +417,9 @@ def sensei_v2_entry(name: str, *, published_name: str | None = None,
         f"SEnSeI-v2 {published_name or '(any published model or xcloud checkpoint)'}: "
         f"{', '.join(c.description for c in scheme.classes)}; any bands (bands=)"),
         scheme=scheme)
+    if published_name is not None:
+        info = replace(info, weights_source=f"published: full-models/{published_name} of {_HF} "
+                       "(fetched on first use), or weights=FOLDER")
 
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
              runtime: str = "auto",
@@ -486,8 +489,8 @@ def sensei_v2_baseline_entry(name: str, published_name: str, *,
                  f"{published_name}, the authors' comparison model without SEnSeI-v2: "
                  f"{', '.join(c.description for c in scheme.classes)}; the 13 Sentinel-2 L1C "
                  "bands, in the released loader's order", scheme=scheme)
-    info = replace(info, weights_source=f"pass weights=FOLDER: full-models/{published_name} of "
-                   f"{_HF}")
+    info = replace(info, weights_source=f"published: full-models/{published_name} of {_HF} "
+                   "(fetched on first use), or weights=FOLDER")
 
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
              runtime: str = "auto", bands: Sequence[str] | None = None
