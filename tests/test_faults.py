@@ -219,7 +219,7 @@ def slowed(scene, band: str, seconds: float):
 
 
 def wait_for_markers(store: Path, count: int, job) -> int:
-    markers = store.parent / f".{store.name}.xcloud" / "done" / "_root" / "cloudmask"
+    markers = store / ".xcloud" / "done" / "_root" / "cloudmask"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not job.done():
         found = len(os.listdir(markers)) if markers.is_dir() else 0

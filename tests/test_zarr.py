@@ -67,7 +67,7 @@ def chunk_keys(calls, times, chunk=32) -> set[str]:
 
 
 def state_dir(store: Path) -> Path:
-    return store.parent / f".{store.name}.xcloud"
+    return store / ".xcloud"  # the write state lives inside the store (issue 17)
 
 
 def snapshot(store: Path) -> dict[str, int]:
@@ -351,8 +351,10 @@ def test_appending_another_grid_or_model_is_refused(tmp_path):
 
 
 def test_store_errors(tmp_path):
-    with pytest.raises(ZarrStoreError, match="local path"):
-        to_zarr(synthetic_mask(), "s3://bucket/mask.zarr")
+    with pytest.raises(ZarrStoreError, match="local path"):  # object stores: test_object_store
+        to_zarr(synthetic_mask(), tmp_path / "m.zarr", storage_options={"anon": True})
+    with pytest.raises(ZarrStoreError, match="unknown storage protocol"):
+        to_zarr(synthetic_mask(), "no-such-protocol://bucket/mask.zarr")
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")

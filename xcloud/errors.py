@@ -6,6 +6,8 @@ what the user can do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AssetReadError",
     "AssetReadWarning",
@@ -17,6 +19,7 @@ __all__ = [
     "InputDtypeError",
     "InvalidPixelsWarning",
     "InvalidReflectanceError",
+    "LeaseLostError",
     "MissingBandError",
     "MissingWeightsError",
     "ModelOutputError",
@@ -24,6 +27,8 @@ __all__ = [
     "OptionalDependencyError",
     "RadiometryError",
     "StacError",
+    "StoreLockedError",
+    "StoreWriteError",
     "UnknownModelError",
     "WeightsError",
     "XcloudError",
@@ -91,7 +96,40 @@ class RadiometryError(XcloudError, ValueError):
 
 
 class ZarrStoreError(XcloudError, ValueError):
-    """A Zarr store cannot take this write (other data in it, another format, not local)."""
+    """A Zarr store cannot take this write (other data in it, another format, another job
+    writing it)."""
+
+
+class StoreWriteError(ZarrStoreError, OSError):
+    """An object of a store could not be written after the store client's retries.
+
+    The message names the object (the chunk's region and array, or the key) and the store.
+    """
+
+
+class StoreLockedError(ZarrStoreError):
+    """Another write holds the store's lease; the message names the store, holder and expiry.
+
+    Attributes
+    ----------
+    store, holder, expires
+        The store URL, the holder's description and its expiry (UTC).
+    """
+
+    def __init__(self, store: str, holder: dict[str, Any]) -> None:
+        self.store = store
+        self.holder = holder
+        self.expires = holder.get("expires")
+        super().__init__(
+            f"{store} is being written by another job (holder {holder.get('holder')} on host "
+            f"{holder.get('host')}, pid {holder.get('pid')}, since {holder.get('created')}); "
+            f"its lease expires at {self.expires} unless renewed. Wait for it to finish, or "
+            "write to another store. A crashed job's lease is taken over once it expires."
+        )
+
+
+class LeaseLostError(ZarrStoreError):
+    """This write's lease on the store expired and was taken over by another job."""
 
 
 class DatasetError(XcloudError, ValueError):

@@ -8,10 +8,14 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from .store import store_location
 
 __all__ = ["quicklook_rgba", "write_png", "write_quicklook"]
 
@@ -70,8 +74,13 @@ def quicklook_rgba(mask: xr.DataArray, data: xr.Dataset | None = None, *,
     return rgba
 
 
-def write_png(path: str | os.PathLike[str], rgba: np.ndarray) -> Path:
-    """Write an (H, W, 4) uint8 array as an 8-bit RGBA PNG."""
+def write_png(path: str | os.PathLike[str], rgba: np.ndarray, *,
+              storage_options: Mapping[str, Any] | None = None) -> Path | str:
+    """Write an (H, W, 4) uint8 array as an 8-bit RGBA PNG.
+
+    ``path`` may be a URL fsspec reaches (``s3://bucket/masks/quicklook.png``, written in one
+    PUT with ``storage_options``); the URL is returned for those, the ``Path`` for a file.
+    """
     height, width = rgba.shape[:2]
     rows = np.concatenate([np.zeros((height, 1), np.uint8),
                            np.ascontiguousarray(rgba, np.uint8).reshape(height, -1)], axis=1)
@@ -83,12 +92,22 @@ def write_png(path: str | os.PathLike[str], rgba: np.ndarray) -> Path:
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
            + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
-    target = Path(path)
-    target.write_bytes(png)
-    return target
+    if "://" not in os.fspath(path):
+        target = Path(path)
+        target.write_bytes(png)
+        return target
+    location = store_location(path, storage_options)
+    location.write("", png)
+    return Path(location.url) if location.local else location.url
 
 
 def write_quicklook(path: str | os.PathLike[str], mask: xr.DataArray,
-                    data: xr.Dataset | None = None, *, max_size: int = 1024) -> Path:
-    """Render :func:`quicklook_rgba` of the first time step and write it as PNG."""
-    return write_png(path, quicklook_rgba(mask, data, max_size=max_size))
+                    data: xr.Dataset | None = None, *, max_size: int = 1024,
+                    storage_options: Mapping[str, Any] | None = None) -> Path | str:
+    """Render :func:`quicklook_rgba` of the first time step and write it as PNG.
+
+    ``path`` may be a URL (``s3://...`` with ``storage_options``), e.g. beside a store in a
+    bucket.
+    """
+    return write_png(path, quicklook_rgba(mask, data, max_size=max_size),
+                     storage_options=storage_options)

@@ -16,7 +16,11 @@ this module (see the README there for where each comes from and its licence).
 
 :func:`write_item` writes ``<folder>/<item id>.json`` beside the store (default id: the
 store's name without ``.zarr``, so ``masks/T33UUU.zarr`` gets ``masks/T33UUU.json``), with the
-asset href relative to it. Item ids are sanitised before they become file names.
+asset href relative to it. Item ids are sanitised before they become file names. The store may
+be in an object store (``s3://bucket/masks/T33UUU.zarr`` with ``storage_options``): the item
+is then written beside it in the bucket (``s3://bucket/masks/T33UUU.json``, one PUT), and its
+relative asset href resolves to the store there. :func:`validate_item` also takes the URL or
+path of an item file.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .._optional import import_optional
 from .._paths import safe_name
 from ..data.load import SOURCE_ITEMS_ATTR
 from ..errors import CrsError, StacError
+from .store import StoreLocation, store_location
 from .zarr import grid_transform
 
 __all__ = [
@@ -45,6 +50,7 @@ __all__ = [
     "item_path",
     "mask_item",
     "offline_schemas",
+    "read_item",
     "validate_item",
     "write_item",
 ]
@@ -129,31 +135,47 @@ def write_item(
     item_id: str | None = None,
     source_items: Sequence[SourceItem] = (),
     datetime: dt.datetime | None = None,
-) -> Path:
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path | str:
     """Write the STAC item of a Zarr store beside it, as ``<item id>.json``.
 
     Parameters
     ----------
     store
-        A local store written by :func:`~.zarr.to_zarr`.
+        A store written by :func:`~.zarr.to_zarr`: a local path, or a URL (``s3://...``,
+        ``gs://``, ``az://``, ``memory://``, ``file://``).
     item_id, source_items, datetime
         As for :func:`mask_item`. The file name is the id with every character outside
         ``A-Z a-z 0-9 . _ -`` replaced by ``_`` (and no leading dots), so no id can place the
         file outside the store's folder.
+    storage_options
+        Options of the store's fsspec file system (as for :func:`~.zarr.to_zarr`).
 
     Returns
     -------
-    pathlib.Path
-        The item file; its asset href is relative (``./<store name>``).
+    pathlib.Path or str
+        The item file (its URL for a store that is not local); its asset href is relative
+        (``./<store name>``).
     """
-    root = Path(store).expanduser().resolve()
-    item = mask_item(root, href=str(root), item_id=item_id, source_items=source_items,
+    location = store_location(store, storage_options)
+    if location.local:
+        root = Path(location.url)
+        item = mask_item(root, href=str(root), item_id=item_id, source_items=source_items,
+                         datetime=datetime)
+        path = item_path(root.parent, item.id)
+        item.set_self_href(str(path))
+        item.make_asset_hrefs_relative()
+        item.save_object(include_self_link=False, dest_href=str(path))
+        return path
+    dataset = xr.open_zarr(location.zarr_store())
+    item = mask_item(dataset, href=location.url, item_id=item_id, source_items=source_items,
                      datetime=datetime)
-    path = item_path(root.parent, item.id)
-    item.set_self_href(str(path))
+    target = location.sibling(f"{safe_name(item.id)}.json")
+    item.set_self_href(target.url)
     item.make_asset_hrefs_relative()
-    item.save_object(include_self_link=False, dest_href=str(path))
-    return path
+    document = item.to_dict(include_self_link=False, transform_hrefs=False)
+    target.write("", json.dumps(document, indent=2).encode())
+    return target.url
 
 
 def item_path(folder: str | os.PathLike[str], item_id: str) -> Path:
@@ -161,17 +183,21 @@ def item_path(folder: str | os.PathLike[str], item_id: str) -> Path:
     return Path(folder).resolve() / f"{safe_name(item_id)}.json"
 
 
-def validate_item(item: Any) -> None:
+def validate_item(item: Any, *, storage_options: Mapping[str, Any] | None = None) -> None:
     """Validate a STAC item against the JSON schemas, offline.
 
     The item is checked against the core item schema of its ``stac_version`` and the schema
     of every extension in its ``stac_extensions``, read from the copies shipped with xcloud
-    (:func:`offline_schemas`); nothing is fetched from the network.
+    (:func:`offline_schemas`); nothing is fetched from the network but the item file itself
+    when a URL is given.
 
     Parameters
     ----------
     item
-        A ``pystac.Item`` or an item dict.
+        A ``pystac.Item``, an item dict, or the path or URL of an item file
+        (``s3://bucket/masks/T33UUU.json``...).
+    storage_options
+        Options of the fsspec file system that reads an item URL.
 
     Raises
     ------
@@ -181,7 +207,10 @@ def validate_item(item: Any) -> None:
         schema xcloud does not ship.
     """
     jsonschema = import_optional("jsonschema", extra="geo")
-    document = item.to_dict() if hasattr(item, "to_dict") else dict(item)
+    if isinstance(item, (str, os.PathLike)):
+        document = read_item(item, storage_options=storage_options)
+    else:
+        document = item.to_dict() if hasattr(item, "to_dict") else dict(item)
     problems = [
         f"{url}: {message}"
         for url in _schema_urls(document)
@@ -192,6 +221,36 @@ def validate_item(item: Any) -> None:
         more = len(problems) - _MAX_REPORTED
         tail = f"\n  ... and {more} more" if more > 0 else ""
         raise StacError(f"STAC item {document.get('id')!r} does not validate:\n  {listed}{tail}")
+
+
+def read_item(href: str | os.PathLike[str], *,
+              storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The item dict in a file: a local path or a URL fsspec reaches (one GET).
+
+    Parameters
+    ----------
+    href
+        Path or URL of the item's JSON file.
+    storage_options
+        Options of the fsspec file system (``endpoint_url``, ``anon``...).
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    StacError
+        The file is missing or not JSON.
+    """
+    location: StoreLocation = store_location(href, storage_options)
+    raw = location.read("")
+    if raw is None:
+        raise StacError(f"no STAC item at {location}")
+    try:
+        return dict(json.loads(raw))
+    except ValueError as error:
+        raise StacError(f"{location} is not a JSON STAC item: {error}") from error
 
 
 def offline_schemas() -> dict[str, dict[str, Any]]:

@@ -1,30 +1,46 @@
 """Write masks to Zarr chunk by chunk: resumable, appendable along time, with multiscales.
 
-Store layout (a local directory)::
+The store is a local folder or a prefix in any object store fsspec reaches (``s3://``,
+``gs://``, ``az://``, ``memory://``, ``file://``), opened with ``storage_options``::
 
     mask.zarr/
         cloudmask, time, y, x, spatial_ref   the mask as given (level 0, root group)
         r20m/, r60m/                         optional coarser levels (child groups)
-    .mask.zarr.xcloud/                       write state beside it, while a write is unfinished
+        .xcloud/                             write state, while a write is unfinished
+            lease.json                       the lease of the job writing (see below)
+            template-<group>.json            a template being written
+            append-<group>.json              arrays being grown along time
+            done/<group>/<variable>/<i.j.k>  chunk markers (empty objects)
+            failures/<uuid>.json             read-failure reports of chunk tasks
+
+Zarr readers ignore ``.xcloud/`` (it holds no Zarr metadata). No step relies on a rename or
+on a listing seeing what another process writes at that moment: every piece of state is an
+object of its own, written whole (one PUT; on a local disk, a file renamed into place).
 
 How a write goes:
 
-1. **Template.** The whole structure (coordinates, ``spatial_ref``, attributes, empty data
-   arrays whose chunks are the Dask chunks) is written with xarray's ``compute=False`` into a
-   temporary folder beside the store and renamed into place, so a store either has a
-   complete template or is not there.
+0. **Lease.** The job takes the store's lease (:mod:`xcloud.outputs.lease`): a second job
+   writing the same store is refused with :class:`~xcloud.outputs.lease.StoreLockedError`
+   until the first ends or its lease expires (a crashed job's lease is taken over then; one
+   of a dead process of this host at once). The lease is renewed while the job runs.
+1. **Template.** ``template-<group>.json`` is written, then the whole structure (coordinates,
+   ``spatial_ref``, attributes, empty data arrays whose chunks are the Dask chunks) with
+   xarray's ``compute=False``, then ``template-<group>.json`` is deleted: a template whose
+   marker is still there is unfinished, and the next run clears the group and writes it again.
 2. **Chunks.** One Dask task per output chunk computes that block of the mask, writes it into
-   its region of the Zarr array, then creates the empty marker file
-   ``.<store>.xcloud/done/<group>/<variable>/<i>.<j>.<k>`` (``_root`` for level 0's group).
+   its region of the Zarr array, then writes its (empty) marker
+   ``.xcloud/done/<group>/<variable>/<i>.<j>.<k>`` (``_root`` for level 0's group).
    Tasks are made only for chunks without a marker, and the graph is culled to them, so the
    inputs of finished chunks are never computed. Peak memory is about one chunk (plus the
-   halo the mask borrows) per worker thread.
-3. **Finish.** ``xcloud:complete`` is set on the root group, metadata is consolidated and
-   the state folder is removed.
+   halo the mask borrows) per worker thread. The markers are listed once when a write starts
+   (under the lease, so no other job writes them then); a marker a listing missed only makes
+   its chunk be written again, never skipped, since a marker is written after its chunk.
+3. **Finish.** ``xcloud:complete`` is set on the root group, metadata is consolidated, the
+   write state is deleted and the lease given back.
 
 Assets that could not be read (``xcloud.load(..., strict=False)``, the default) leave no data
 in the mask and a record in the process that read them. Each chunk task saves the records of
-its process to ``.<store>.xcloud/failures/`` before it marks its chunk done; at the end they
+its process to ``.xcloud/failures/`` before it marks its chunk done; at the end they
 are merged (with those of distributed workers still held) into the root attribute
 ``xcloud:read_failures``: ``{"count": failed reads (one per band, item and chunk), "items":
 [item ids], "assets": ["<item id>:<band>"]}``, added to what earlier writes recorded, and
@@ -33,6 +49,10 @@ are merged (with those of distributed workers still held) into the root attribut
 A write killed at any point (SIGKILL included) and run again finishes the chunks without a
 marker and nothing else; a chunk written but not marked is written again. Markers make a
 write safe against the process dying, not against the machine losing power (no fsync).
+A chunk, marker or report that cannot be written after the store client's own retries (for
+S3, botocore's: set them with ``storage_options={"config_kwargs": {"retries": ...}}``) stops
+the write with :class:`~xcloud.outputs.store.StoreWriteError` naming the object; nothing is
+marked done that was not written.
 
 Running the same call on a complete store does nothing. A mask whose ``time`` values are not
 all in the store is appended along ``time``: only the new time steps are computed, in the
@@ -59,7 +79,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import uuid
 import warnings
@@ -76,9 +95,11 @@ import xarray as xr
 from .._optional import import_optional
 from ..data.load import SOURCE_ITEMS_ATTR, ReadFailure, take_read_failures
 from ..engine.batches import compute_in_batches
-from ..errors import ZarrStoreError
+from ..errors import StoreWriteError, ZarrStoreError
+from .lease import DEFAULT_LEASE_TTL, Lease, hold_lease
+from .store import StoreLocation, store_location
 
-__all__ = ["APPEND_DIM", "ZarrWriteSummary", "grid_transform", "to_zarr"]
+__all__ = ["APPEND_DIM", "STATE_PREFIX", "ZarrWriteSummary", "grid_transform", "to_zarr"]
 
 APPEND_DIM = "time"
 """The dimension new scenes are appended along (chunks of 1 in the store)."""
@@ -88,8 +109,10 @@ PENDING_ATTR = "xcloud:pending"
 COMPLETE_ATTR = "xcloud:complete"
 READ_FAILURES_ATTR = "xcloud:read_failures"
 FACTOR_ATTR = "xcloud:factor"
+STATE_PREFIX = ".xcloud"
+"""The prefix inside a store that holds its write state and lease (no Zarr node)."""
 _ROOT_KEY = "_root"
-_TMP_TAG = ".xcloud-tmp-"
+_KEEP_STATE = ("lease",)  # state names kept while the lease is held (lease, takeover claims)
 _DEFAULT_CHUNK = 2048
 _SPATIAL = ("y", "x")
 _VOLATILE_ATTRS = ("xcloud_version", SOURCE_ITEMS_ATTR)
@@ -113,7 +136,7 @@ class ZarrWriteSummary:
     Attributes
     ----------
     path
-        The store.
+        The store: its absolute path if local, else its URL.
     chunks_written
         Chunks computed and written by this call (all groups).
     chunks_skipped
@@ -127,7 +150,7 @@ class ZarrWriteSummary:
         call it finished) computed the mask; details in the store's ``xcloud:read_failures``.
     """
 
-    path: Path
+    path: Path | str
     chunks_written: int
     chunks_skipped: int
     times_appended: int
@@ -137,27 +160,25 @@ class ZarrWriteSummary:
 
 @dataclass(frozen=True)
 class _Writer:
-    root: Path
+    location: StoreLocation
+    store: Any  # what zarr/xarray open: a local path or a zarr FsspecStore
     zarr_format: int
     scheduler: Any
     progress: bool
+    lease: Lease | None = None
 
-    def target(self, group: str) -> Path:
-        return self.root / group if group else self.root
+    def target(self, group: str) -> str:
+        """The group's URL or path, for messages."""
+        return self.location.child(group).url
 
-    @property
-    def state(self) -> Path:
-        """Markers and intents, beside the store so that Zarr readers never see them."""
-        return self.root.parent / f".{self.root.name}.xcloud"
-
-    def markers(self, group: str) -> Path:
-        """Folder of the chunk markers of ``group`` (one sub-folder per variable)."""
-        return self.state / "done" / (group or _ROOT_KEY)
+    def markers(self, group: str) -> str:
+        """Prefix of the chunk markers of ``group`` (one sub-prefix per variable)."""
+        return f"{STATE_PREFIX}/done/{group or _ROOT_KEY}"
 
     @property
-    def failures(self) -> Path:
-        """Folder of the read-failure reports that chunk tasks save."""
-        return self.state / "failures"
+    def failures(self) -> str:
+        """Prefix of the read-failure reports that chunk tasks save."""
+        return f"{STATE_PREFIX}/failures"
 
 
 @dataclass(frozen=True)
@@ -174,7 +195,7 @@ class _GroupResult:
 
 @dataclass(frozen=True)
 class _ChunkTarget:
-    store: str
+    store: StoreLocation
     array: str
     zarr_format: int
     region: tuple[slice, ...]
@@ -192,8 +213,10 @@ def to_zarr(
     overwrite: bool = False,
     scheduler: Any = None,
     progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> ZarrWriteSummary:
-    """Write a (lazy) mask to a local Zarr store chunk by chunk, resumably.
+    """Write a (lazy) mask to a Zarr store chunk by chunk, resumably.
 
     Parameters
     ----------
@@ -204,7 +227,9 @@ def to_zarr(
         appended. The attribute ``source_items`` (STAC item ids) goes to the root group's
         attributes, merged with those already there.
     store
-        Local directory of the store (created if missing).
+        A local directory (created if missing), a ``file://`` URL, or the URL of a store in
+        any object store fsspec reaches: ``s3://bucket/masks.zarr``, ``gs://``, ``az://``,
+        ``memory://``. Its write state and lease are objects under ``.xcloud/`` in it.
     multiscales
         Integer downsampling factors of extra levels, e.g. ``(2, 6)`` for 20 m and 60 m
         levels of a 10 m mask, stored as groups ``r20m`` and ``r60m`` (``x<factor>`` when the
@@ -222,6 +247,14 @@ def to_zarr(
         client).
     progress
         Show Dask's progress bar (local schedulers).
+    storage_options
+        Options of the store's fsspec file system, e.g. for S3 ``endpoint_url``, ``key``,
+        ``secret``, ``anon``, ``requester_pays``, ``config_kwargs`` (botocore's retries and
+        timeouts). They travel with each chunk task to the workers.
+    lease_ttl
+        Seconds the store's lease lasts without renewal (renewed every third of it): how long
+        a crashed job on another host blocks the store. Keep it well above the time one batch
+        of chunks takes.
 
     Returns
     -------
@@ -232,15 +265,25 @@ def to_zarr(
     ------
     ZarrStoreError
         The store holds other data (another grid or model, an unfinished write of another
-        mask), is not an xcloud store, has another Zarr format, or is not a local path.
+        mask), is not an xcloud store, has another Zarr format, or ``storage_options`` were
+        given for a local path.
+    StoreLockedError
+        Another job is writing the store (its lease has not expired); a subclass of
+        ``ZarrStoreError`` naming the store, the holder and the expiry.
+    StoreWriteError
+        An object of the store could not be written after the client's retries (names it).
     """
-    root = _local_path(store)
+    location = store_location(store, storage_options)
     factors = _check_factors(multiscales)
+    if zarr_format not in (None, 2, 3):
+        raise ValueError(f"zarr_format must be 2, 3 or None, got {zarr_format!r}")
     dataset, sources = _prepare(mask)
-    if overwrite:
-        _remove_store(root)
-    writer = _Writer(root, _store_format(root, zarr_format), scheduler, progress)
-    with _quiet_consolidation_warning():
+    _check_target(location, overwrite=overwrite)
+    with hold_lease(location, lease_ttl) as lease, _quiet_consolidation_warning():
+        if overwrite:
+            _remove_store(location)
+        writer = _Writer(location, location.zarr_store(), _store_format(location, zarr_format),
+                         scheduler, progress, lease)
         base = _write_group(writer, "", dataset, sources=sources)
         levels = _write_levels(writer, factors)
         results = [base, *(result for _, result in levels)]
@@ -248,7 +291,7 @@ def to_zarr(
         if any(r.changed for r in results) or _unfinished(writer):
             failed = _finish(writer, [name for name, _ in levels], consolidated=consolidated)
     return ZarrWriteSummary(
-        path=writer.root,
+        path=Path(location.url) if location.local else location.url,
         chunks_written=sum(r.written for r in results),
         chunks_skipped=sum(r.skipped for r in results),
         times_appended=base.appended,
@@ -258,16 +301,6 @@ def to_zarr(
 
 
 # -- preparing the mask ---------------------------------------------------------------------
-
-
-def _local_path(store: str | os.PathLike[str]) -> Path:
-    text = os.fspath(store)
-    if "://" in text:
-        raise ZarrStoreError(
-            f"{text!r} is not a local path; to_zarr writes local stores only (its resume "
-            "markers and atomic renames need a file system). Write locally, then copy."
-        )
-    return Path(text).expanduser().resolve()
 
 
 def _check_factors(factors: Sequence[int]) -> tuple[int, ...]:
@@ -380,41 +413,75 @@ def _zarr() -> Any:
     return import_optional("zarr", extra="geo")
 
 
-def _is_group(path: Path) -> bool:
-    if (path / ".zgroup").is_file():
-        return True
-    metadata = path / "zarr.json"
-    return metadata.is_file() and json.loads(metadata.read_text()).get("node_type") == "group"
+def _metadata(location: StoreLocation, group: str) -> tuple[int, dict[str, Any]] | None:
+    """(format, metadata) of the Zarr group at ``group``, read by key; None if none."""
+    prefix = f"{group}/" if group else ""
+    raw = location.read(f"{prefix}zarr.json")
+    if raw is not None:
+        metadata = json.loads(raw)
+        return (3, metadata) if metadata.get("node_type") == "group" else None
+    raw = location.read(f"{prefix}.zgroup")
+    return (2, json.loads(raw)) if raw is not None else None
 
 
-def _store_format(root: Path, requested: int | None) -> int:
-    if requested not in (None, 2, 3):
-        raise ValueError(f"zarr_format must be 2, 3 or None, got {requested!r}")
-    if not _is_group(root):
+def _is_group(location: StoreLocation, group: str = "") -> bool:
+    return _metadata(location, group) is not None
+
+
+def _others(location: StoreLocation, group: str = "") -> list[str]:
+    """What is in the store (or group) besides xcloud's write state."""
+    return [name for name in location.list(group) if name != STATE_PREFIX]
+
+
+def _template_pending(location: StoreLocation, group: str) -> bool:
+    return location.exists(_template_marker(group))
+
+
+def _check_target(location: StoreLocation, *, overwrite: bool) -> None:
+    """Refuse a store that holds other things before taking its lease (leaves no trace)."""
+    if location.local and Path(location.url).exists() and not Path(location.url).is_dir():
+        raise ZarrStoreError(f"{location} is a file, not a folder or a Zarr store")
+    if _is_group(location) or _template_pending(location, "") or not _others(location):
+        return
+    if overwrite:
+        raise ZarrStoreError(f"refusing to delete {location}: it is not a Zarr store")
+    raise ZarrStoreError(f"{location} exists and is not an empty folder or a Zarr store; "
+                         "choose another store or pass overwrite=True")
+
+
+def _store_format(location: StoreLocation, requested: int | None) -> int:
+    found = _metadata(location, "")
+    if found is None:
         return requested or 3
-    existing = 2 if (root / ".zgroup").is_file() else 3
+    existing = found[0]
     if requested not in (None, existing):
         raise ZarrStoreError(
-            f"{root} is a Zarr v{existing} store; pass zarr_format={existing} (or None) to "
-            f"add to it, or overwrite=True to replace it with a v{requested} store"
+            f"{location} is a Zarr v{existing} store; pass zarr_format={existing} (or None) "
+            f"to add to it, or overwrite=True to replace it with a v{requested} store"
         )
     return existing
 
 
-def _remove_store(root: Path) -> None:
-    if root.exists() and not (root.is_dir() and (_is_group(root) or not any(root.iterdir()))):
-        raise ZarrStoreError(f"refusing to delete {root}: it is not a Zarr store")
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.rmtree(_Writer(root, 0, None, False).state, ignore_errors=True)
+def _clear_state(location: StoreLocation, *, keep_lease: bool = True) -> None:
+    """Delete the write state (the lease and takeover claims stay while held)."""
+    keep = tuple(n for n in location.list(STATE_PREFIX) if n.startswith(_KEEP_STATE)) \
+        if keep_lease else ()
+    location.delete_tree(STATE_PREFIX, keep=keep)
+
+
+def _remove_store(location: StoreLocation) -> None:
+    """Delete the store's content (checked by :func:`_check_target`); the lease stays."""
+    location.delete_tree("", keep=(STATE_PREFIX,))
+    _clear_state(location)
 
 
 def _open(writer: _Writer, group: str, mode: str = "r+") -> Any:
-    return _zarr().open_group(str(writer.root), path=group or None, mode=mode,
+    return _zarr().open_group(writer.store, path=group or None, mode=mode,
                               use_consolidated=False, zarr_format=writer.zarr_format)
 
 
 def _group_attrs(writer: _Writer, group: str) -> dict[str, Any] | None:
-    if not _is_group(writer.target(group)):
+    if not _is_group(writer.location, group):
         return None
     return dict(_open(writer, group, mode="r").attrs)
 
@@ -427,13 +494,19 @@ def _update_attrs(writer: _Writer, group: str, updates: Mapping[str, Any] = (),
 
 
 def _read(writer: _Writer, group: str) -> xr.Dataset:
-    return xr.open_zarr(writer.root, group=group or None, consolidated=False,
+    return xr.open_zarr(writer.store, group=group or None, consolidated=False,
                         zarr_format=writer.zarr_format)
 
 
 def _unfinished(writer: _Writer) -> bool:
     attrs = _group_attrs(writer, "") or {}
-    return writer.state.exists() or not attrs.get(COMPLETE_ATTR, False)
+    state = [n for n in writer.location.list(STATE_PREFIX) if not n.startswith(_KEEP_STATE)]
+    return bool(state) or not attrs.get(COMPLETE_ATTR, False)
+
+
+def _check_lease(writer: _Writer) -> None:
+    if writer.lease is not None:
+        writer.lease.check()
 
 
 # -- writing one group ----------------------------------------------------------------------
@@ -443,8 +516,9 @@ def _write_group(writer: _Writer, group: str, dataset: xr.Dataset, *,
                  sources: Sequence[str] = (), extra_attrs: Mapping[str, Any] = ()
                  ) -> _GroupResult:
     """Bring ``group`` to hold ``dataset``: new store, or finish an unfinished write and append."""
+    _check_lease(writer)
     _recover_append(writer, group)
-    attrs = _group_attrs(writer, group)
+    attrs = None if _template_pending(writer.location, group) else _group_attrs(writer, group)
     if attrs is None:
         return _write_new(writer, group, dataset, sources, extra_attrs)
     if GRID_ATTR not in attrs:
@@ -571,55 +645,65 @@ def _encoding(dataset: xr.Dataset, zarr_format: int) -> dict[str, dict[str, Any]
     return encoding
 
 
+def _template_marker(group: str) -> str:
+    return f"{STATE_PREFIX}/template-{group or _ROOT_KEY}.json"
+
+
 def _write_template(writer: _Writer, group: str, dataset: xr.Dataset,
                     attrs: Mapping[str, Any]) -> None:
-    """Write the template beside its place, then rename it there (atomic on one file system)."""
-    target = writer.target(group)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ZarrStoreError(f"{target} exists and is not an empty folder or a Zarr store; "
-                             "choose another store or pass overwrite=True")
-    parent = writer.state / "tmp" if group else target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f".{target.name}{_TMP_TAG}*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = parent / f".{target.name}{_TMP_TAG}{uuid.uuid4().hex}"
-    _template(dataset, attrs).to_zarr(tmp, mode="w-", compute=False, consolidated=False,
+    """Write the template in place between its marker's creation and deletion.
+
+    A template whose marker is still there was cut short: its group is cleared and written
+    again (no rename: object stores have none).
+    """
+    location = writer.location
+    marker = _template_marker(group)
+    if location.exists(marker):
+        if group:
+            location.delete_tree(group)
+        else:
+            location.delete_tree("", keep=(STATE_PREFIX,))
+    elif _others(location, group):
+        raise ZarrStoreError(f"{writer.target(group)} exists and is not an empty folder or a "
+                             "Zarr store; choose another store or pass overwrite=True")
+    location.write(marker, json.dumps({"group": group}).encode())
+    location.delete_tree(writer.markers(group))
+    # mode "a" on a group cleared above: "w" would delete the store's .xcloud/ (the lease)
+    _template(dataset, attrs).to_zarr(writer.store, group=group or None, mode="a",
+                                      compute=False, consolidated=False,
                                       zarr_format=writer.zarr_format,
                                       encoding=_encoding(dataset, writer.zarr_format))
-    shutil.rmtree(writer.markers(group), ignore_errors=True)
-    if target.exists():
-        target.rmdir()
-    tmp.rename(target)
+    location.delete(marker)
 
 
-def _intent_file(writer: _Writer, group: str) -> Path:
-    return writer.state / f"append-{group or _ROOT_KEY}.json"
+def _intent_file(group: str) -> str:
+    return f"{STATE_PREFIX}/append-{group or _ROOT_KEY}.json"
 
 
 def _extend_template(writer: _Writer, group: str, todo: xr.Dataset, attrs: Mapping[str, Any],
                      updates: Mapping[str, Any]) -> None:
-    """Grow the arrays along time; an intent file lets an interrupted growth be undone."""
-    intent = _intent_file(writer, group)
-    intent.parent.mkdir(parents=True, exist_ok=True)
+    """Grow the arrays along time; an intent object lets an interrupted growth be undone."""
+    intent = _intent_file(group)
     size = int(_read(writer, group).sizes[APPEND_DIM])
-    intent.write_text(json.dumps({"time_size": size}))
+    writer.location.write(intent, json.dumps({"time_size": size}).encode())
     # xarray rewrites the group attributes on append: hand it the current ones
-    _template(todo, attrs).to_zarr(writer.root, group=group or None, mode="a",
+    _template(todo, attrs).to_zarr(writer.store, group=group or None, mode="a",
                                    append_dim=APPEND_DIM, compute=False, consolidated=False,
                                    zarr_format=writer.zarr_format)
     _update_attrs(writer, group, updates)
-    intent.unlink()
+    writer.location.delete(intent)
 
 
 def _recover_append(writer: _Writer, group: str) -> None:
     """Undo a time extension that was interrupted before its chunks could start."""
-    intent = _intent_file(writer, group)
-    if not intent.is_file():
+    intent = _intent_file(group)
+    raw = writer.location.read(intent)
+    if raw is None:
         return
     try:
-        size = int(json.loads(intent.read_text())["time_size"])
+        size = int(json.loads(raw)["time_size"])
     except (ValueError, KeyError):  # killed while writing the intent: nothing was grown yet
-        intent.unlink()
+        writer.location.delete(intent)
         return
     node = _open(writer, group)
     for _, array in node.arrays():
@@ -629,7 +713,7 @@ def _recover_append(writer: _Writer, group: str) -> None:
             shape[dims.index(APPEND_DIM)] = size
             array.resize(tuple(shape))
     _update_attrs(writer, group, remove=[PENDING_ATTR])
-    intent.unlink()
+    writer.location.delete(intent)
 
 
 def _array_dims(array: Any) -> Sequence[str]:
@@ -642,36 +726,51 @@ def _array_dims(array: Any) -> Sequence[str]:
 
 def _write_chunk(block: np.ndarray, target: _ChunkTarget) -> int:
     """Write one block into its region of the Zarr array, then mark it done."""
-    array = _zarr().open_array(target.store, path=target.array, mode="r+",
-                               zarr_format=target.zarr_format)
-    array[target.region] = np.asarray(block)
-    _save_read_failures(Path(target.failures), take_read_failures())
-    Path(target.marker).touch()
+    location = target.store
+    region = ", ".join(f"{s.start}:{s.stop}" for s in target.region)
+    try:
+        array = _zarr().open_array(location.zarr_store(), path=target.array, mode="r+",
+                                   zarr_format=target.zarr_format)
+        array[target.region] = np.asarray(block)
+    except (OSError, RuntimeError, TimeoutError) as error:
+        raise StoreWriteError(f"could not write the chunk [{region}] of {target.array!r} to "
+                              f"{location} (after the store client's retries): {error}"
+                              ) from error
+    _save_read_failures(location, target.failures, take_read_failures())
+    _put(location, target.marker, b"")
     return 1
 
 
-def _save_read_failures(folder: Path, failures: Sequence[ReadFailure]) -> None:
-    """Save read failures as a new report (written aside, then renamed: never half a file)."""
+def _put(location: StoreLocation, key: str, data: bytes) -> None:
+    try:
+        location.write(key, data)
+    except (OSError, RuntimeError, TimeoutError) as error:
+        raise StoreWriteError(f"could not write {location.key(key)} of {location} (after the "
+                              f"store client's retries): {error}") from error
+
+
+def _save_read_failures(location: StoreLocation, prefix: str,
+                        failures: Sequence[ReadFailure]) -> None:
+    """Save read failures as a new report object (written whole: never half a file)."""
     if not failures:
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    name = uuid.uuid4().hex
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(json.dumps([vars(failure) for failure in failures]))
-    tmp.rename(folder / f"{name}.json")
+    data = json.dumps([vars(failure) for failure in failures]).encode()
+    _put(location, f"{prefix}/{uuid.uuid4().hex}.json", data)
 
 
 def _collect_read_failures(writer: _Writer) -> list[ReadFailure]:
     """The saved reports, what this process and distributed workers still hold, deduplicated."""
-    _save_read_failures(writer.failures, take_read_failures())
+    _save_read_failures(writer.location, writer.failures, take_read_failures())
     with contextlib.suppress(ImportError, ValueError):
         from distributed import default_client
 
         for held in default_client().run(take_read_failures).values():
-            _save_read_failures(writer.failures, held)
+            _save_read_failures(writer.location, writer.failures, held)
     found = {}
-    for report in sorted(writer.failures.glob("*.json")) if writer.failures.is_dir() else ():
-        for record in json.loads(report.read_text()):
+    reports = [n for n in writer.location.list(writer.failures) if n.endswith(".json")]
+    for report in reports:
+        raw = writer.location.read(f"{writer.failures}/{report}")
+        for record in json.loads(raw or b"[]"):
             failure = ReadFailure(**record)
             found[(failure.item, failure.band, failure.chunk)] = failure
     return list(found.values())
@@ -690,9 +789,8 @@ def _read_failures_attr(previous: Mapping[str, Any] | None,
 
 def _chunk_tasks(writer: _Writer, group: str, name: str, data: da.Array, dims: Sequence[str],
                  time_start: int) -> tuple[list[Any], int]:
-    done_dir = writer.markers(group) / name
-    done_dir.mkdir(parents=True, exist_ok=True)
-    done = set(os.listdir(done_dir))
+    done_prefix = f"{writer.markers(group)}/{name}"
+    done = set(writer.location.list(done_prefix))  # see the module docstring: misses are safe
     offsets = [time_start if dim == APPEND_DIM else 0 for dim in dims]
     starts = [np.cumsum((0, *c)).tolist() for c in data.chunks]
     blocks = data.to_delayed().reshape(data.numblocks)
@@ -705,8 +803,8 @@ def _chunk_tasks(writer: _Writer, group: str, name: str, data: da.Array, dims: S
             continue
         region = tuple(slice(s[i] + o, s[i + 1] + o)
                        for s, i, o in zip(starts, index, offsets, strict=True))
-        target = _ChunkTarget(str(writer.root), array_path, writer.zarr_format, region,
-                              str(done_dir / key), str(writer.failures))
+        target = _ChunkTarget(writer.location, array_path, writer.zarr_format, region,
+                              f"{done_prefix}/{key}", writer.failures)
         tasks.append(dask.delayed(_write_chunk, pure=True)(
             blocks[index], target, dask_key_name=f"xcloud-to-zarr-{array_path}-{key}"))
     return tasks, skipped
@@ -721,6 +819,7 @@ def _write_chunks(writer: _Writer, group: str, dataset: xr.Dataset, *,
         tasks += found
         skipped += done
     def progress(done: int) -> None:
+        _check_lease(writer)  # a job that lost its lease stops before its next batch
         if writer.progress:
             _report_progress(group, done, len(tasks))
 
@@ -755,10 +854,11 @@ def _batch_size() -> int:
 
 
 def _finish_group(writer: _Writer, group: str, *, resumed: bool) -> None:
+    _check_lease(writer)
     _update_attrs(writer, group, remove=[PENDING_ATTR])
-    shutil.rmtree(writer.markers(group), ignore_errors=True)
-    if resumed:  # temporary files of chunk writes that a kill cut short
-        for partial in writer.target(group).rglob("*.partial"):
+    writer.location.delete_tree(writer.markers(group))
+    if resumed and writer.location.local:  # temporary files of writes a kill cut short
+        for partial in Path(writer.target(group)).rglob("*.partial"):
             partial.unlink(missing_ok=True)
 
 
@@ -767,10 +867,10 @@ def _finish_group(writer: _Writer, group: str, *, resumed: bool) -> None:
 
 def _existing_levels(writer: _Writer) -> dict[int, str]:
     levels = {}
-    for child in writer.root.iterdir():
-        attrs = _group_attrs(writer, child.name) if child.is_dir() else None
+    for child in _others(writer.location):
+        attrs = None if child.startswith(".") else _group_attrs(writer, child)
         if attrs and FACTOR_ATTR in attrs:
-            levels[int(attrs[FACTOR_ATTR])] = child.name
+            levels[int(attrs[FACTOR_ATTR])] = child
     return levels
 
 
@@ -897,23 +997,27 @@ def _finish(writer: _Writer, levels: Sequence[str], *, consolidated: bool) -> in
     if failures:
         previous = (_group_attrs(writer, "") or {}).get(READ_FAILURES_ATTR)
         updates[READ_FAILURES_ATTR] = _read_failures_attr(previous, failures)
+    _check_lease(writer)
     _update_attrs(writer, "", updates)
     if consolidated or was_consolidated:
-        _zarr().consolidate_metadata(str(writer.root), zarr_format=writer.zarr_format)
-    shutil.rmtree(writer.state, ignore_errors=True)
+        _zarr().consolidate_metadata(writer.store, zarr_format=writer.zarr_format)
+    _clear_state(writer.location)
     return len(failures)
 
 
 def _has_consolidated_metadata(writer: _Writer) -> bool:
     if writer.zarr_format == 2:
-        return (writer.root / ".zmetadata").is_file()
-    metadata = json.loads((writer.root / "zarr.json").read_text())
+        return writer.location.exists(".zmetadata")
+    metadata = json.loads(writer.location.read("zarr.json") or b"{}")
     return metadata.get("consolidated_metadata") is not None
 
 
 @contextlib.contextmanager
 def _quiet_consolidation_warning() -> Iterator[None]:
-    """Consolidated metadata is asked for; zarr's note that v3 lacks it in the spec is noise."""
+    """Zarr's notes that v3 lacks consolidated metadata in its spec, and that ``.xcloud/`` is
+    no Zarr node, are noise here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        # the write state under .xcloud/ is no Zarr node, and is not meant to be one
+        warnings.filterwarnings("ignore", message=f"Object at {STATE_PREFIX} is not recognized")
         yield
