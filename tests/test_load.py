@@ -124,3 +124,32 @@ def test_missing_band_and_empty_items(tmp_path):
         load([document], bands=["cirrus"])
     with pytest.raises(NoItemsError, match="widen"):
         load([], bands=["B04"])
+
+
+def test_network_read_settings_are_checked_before_anything_is_read(tmp_path):
+    relative, keys, _ = PROVIDERS[4]
+    document = localize(real_items(relative)[0], keys, tmp_path)
+    with pytest.raises(ValueError, match="gdal="):
+        load([document], bands=["B04"], gdal={"not an option": 1})
+    with pytest.raises(ValueError, match="aws= does not take"):
+        load([document], bands=["B04"], aws={"anonymous": True})
+    with pytest.raises(ValueError, match="read_retries"):
+        load([document], bands=["B04"], read_retries=-1)
+
+
+def test_the_read_settings_travel_with_the_graph(tmp_path):
+    """GDAL options and AWS session arguments are in every read task (so every worker reads
+    with them), not only in the process that called load."""
+    import pickle
+
+    from xcloud.data.load import CLOUD_GDAL_OPTIONS
+
+    relative, keys, _ = PROVIDERS[4]
+    document = localize(real_items(relative)[0], keys, tmp_path)
+    data = load([document], bands=["B04"], gdal={"GDAL_HTTP_MAX_RETRY": 9},
+                aws={"requester_pays": True})
+    graph = pickle.dumps(dict(data["B04"].data.__dask_graph__()))
+    for key, value in {**CLOUD_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY": "9"}.items():
+        assert key.encode() in graph and value.encode() in graph
+    assert b"requester_pays" in graph
+    np.testing.assert_array_equal(data["B04"].values, load([document], bands=["B04"])["B04"].values)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .data.load import DEFAULT_CHUNK
 
-__all__ = ["main"]
+__all__ = ["main", "parse_options"]
 
 _PACKAGED = re.compile(r"PyPI package (?P<dist>[A-Za-z0-9_.-]+)[^(]*\((?P<file>[^)]+)\)")
 _EXTRA = re.compile(r'^(?P<name>[A-Za-z0-9_.-]+).*extra\s*==\s*"(?P<extra>[^"]+)"')
@@ -37,10 +37,20 @@ status 130: run the same predict again to resume its Zarr store.
 """
 _DEBUG_HELP = "show the full traceback of an error"
 _PREDICT_EXAMPLE = """\
-example:
+examples:
   xcloud predict --stac https://earth-search.aws.element84.com/v1 \\
       --collection sentinel-2-l1c --bbox 13.3 52.4 13.5 52.6 --datetime 2024-06 \\
       --query '{"eo:cloud_cover": {"lt": 80}}' --model s2cloudless --out berlin.zarr
+  # on a cluster whose workers share no disk: bands over HTTPS, masks to S3
+  xcloud predict --stac https://earth-search.aws.element84.com/v1 \\
+      --collection sentinel-2-l1c --bbox 13.3 52.4 13.5 52.6 --datetime 2024-06 \\
+      --scheduler tcp://10.0.0.5:8786 --out s3://my-bucket/berlin.zarr \\
+      --storage-option endpoint_url=https://s3.eu-central-1.amazonaws.com \\
+      --weights s3://my-models/kappamask-l1c.safetensors --model kappamask-l1c \\
+      --aws-option requester_pays=true
+
+KEY=VALUE values: true/false become booleans, none/null None, digits numbers, {...} or
+[...] JSON; a dotted KEY nests (client_kwargs.region_name=eu-central-1).
 """
 
 
@@ -105,7 +115,7 @@ def _print_fractions(mask: Any) -> None:
 def _report(job, seconds: float) -> None:
     import xarray as xr
 
-    stored = xr.open_zarr(job.store)
+    stored = xr.open_zarr(job.store, storage_options=job.storage_options or None)
     mask = stored[job.mask.name]
     pixels = int(np.prod(mask.shape))
     print(f"{len(job.source_items)} item(s), {dict(mask.sizes)} px in {seconds:.1f} s "
@@ -116,12 +126,69 @@ def _report(job, seconds: float) -> None:
         print(f"STAC item: {job.item_path}")
 
 
+def _typed(text: str) -> Any:
+    """A KEY=VALUE value: booleans, None, integers, floats, JSON objects/lists, else text."""
+    import json
+
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.strip().startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(pairs: Sequence[str] | None, *, flag: str = "--storage-option") -> dict:
+    """``KEY=VALUE`` strings as a dict with typed values; a dotted key nests.
+
+    ``true``/``yes``/``on`` and ``false``/``no``/``off`` become booleans, ``none``/``null``
+    None, integers and floats numbers, ``{...}`` and ``[...]`` JSON; anything else stays text.
+
+    >>> parse_options(["anon=true", "client_kwargs.region_name=eu-central-1", "retries=3"])
+    {'anon': True, 'client_kwargs': {'region_name': 'eu-central-1'}, 'retries': 3}
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        *parents, last = key.split(".")
+        target = options
+        for part in parents:
+            nested = target.setdefault(part, {})
+            if not isinstance(nested, dict):
+                raise ValueError(f"{flag} {pair!r}: {part!r} is already set to a value")
+            target = nested
+        target[last] = _typed(value)
+    return options
+
+
 def _job_options(args: argparse.Namespace) -> dict:
-    return {
+    options = {
         "model": args.model, "weights": args.weights, "resolution": args.resolution,
         "chunk_size": args.chunk, "device": args.device, "resampling": args.resampling,
         "multiscales": tuple(args.multiscales or ()), "progress": not args.quiet,
+        "gdal": parse_options(args.gdal_option, flag="--gdal-option") or None,
+        "aws": parse_options(args.aws_option, flag="--aws-option") or None,
     }
+    weights_options = parse_options(args.weights_storage_option,
+                                    flag="--weights-storage-option")
+    if weights_options:
+        options["weights_storage_options"] = weights_options
+    return options
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -129,13 +196,15 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .pipeline import run_search_and_mask
 
+    options = _job_options(args)  # bad KEY=VALUE options fail before a cluster starts
+    storage_options = parse_options(args.storage_option) or None
     start = time.perf_counter()
     with _cluster(args):
         job = run_search_and_mask(
             args.stac, args.out, collections=args.collection, bbox=args.bbox,
             datetime=args.datetime, query=json.loads(args.query) if args.query else None,
             filter=json.loads(args.filter) if args.filter else None,
-            max_items=args.max_items, **_job_options(args),
+            max_items=args.max_items, storage_options=storage_options, **options,
         )
     _report(job, time.perf_counter() - start)
     return 0
@@ -151,6 +220,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.plot:  # fail before the job, not after it
         import_optional("matplotlib", extra="plot")
+    options = _job_options(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scene = sample_scene_dir()
@@ -162,7 +232,7 @@ def _demo(args: argparse.Namespace) -> int:
         job = run_search_and_mask(
             str(catalog), out / "masks.zarr", collections=["sentinel-2-l1c"],
             bbox=item.bbox, datetime=item.datetime.strftime("%Y-%m-%d"), crop=False,
-            **_job_options(args),
+            **options,
         )
     _report(job, time.perf_counter() - start)
     import xarray as xr
@@ -194,8 +264,12 @@ def _add_job_options(parser: argparse.ArgumentParser, *, chunk: int) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="ukis-6b-l1c",
                        help="registered model name, see `xcloud models` (default %(default)s)")
-    model.add_argument("--weights", metavar="FILE",
-                       help="weights file, for models whose weights do not ship with a package")
+    model.add_argument("--weights", metavar="FILE|URL",
+                       help="weights file, or a URL (https://, s3://...; #sha256=HEX to pin "
+                       "it) each worker fetches once into its own cache")
+    model.add_argument("--weights-storage-option", action="append", metavar="KEY=VALUE",
+                       help="fsspec option for a --weights URL, e.g. endpoint_url=... or "
+                       "anon=true (repeatable)")
     model.add_argument("--device", default="auto",
                        help="cpu, cuda or auto (default %(default)s: cuda when torch sees a GPU)")
     grid = parser.add_argument_group("output grid")
@@ -207,6 +281,13 @@ def _add_job_options(parser: argparse.ArgumentParser, *, chunk: int) -> None:
                       help="chunk size in pixels (default %(default)s)")
     grid.add_argument("--multiscales", type=int, nargs="*", metavar="FACTOR",
                       help="also write coarser levels, e.g. 2 6 for 20 m and 60 m")
+    reading = parser.add_argument_group("reading the bands")
+    reading.add_argument("--gdal-option", action="append", metavar="KEY=VALUE",
+                         help="GDAL configuration option for reading http(s):// and s3:// "
+                         "assets, e.g. GDAL_HTTP_MAX_RETRY=10 (repeatable)")
+    reading.add_argument("--aws-option", action="append", metavar="KEY=VALUE",
+                         help="AWS session option for s3:// assets: requester_pays=true, "
+                         "aws_unsigned=true, region_name=..., endpoint_url=... (repeatable)")
     run = parser.add_argument_group("running")
     run.add_argument("--workers", type=int, metavar="N",
                      help="start a local Dask cluster of N processes (prints its dashboard link)")
@@ -248,7 +329,11 @@ def _add_predict(commands: Any) -> None:
     search.add_argument("--filter", metavar="JSON", help="CQL2-JSON filter")
     search.add_argument("--max-items", type=int, metavar="N", help="stop after N items")
     predict.add_argument("--out", required=True, metavar="STORE",
-                         help="Zarr store to write, resume or append to")
+                         help="Zarr store to write, resume or append to: a folder or a URL "
+                         "(s3://bucket/masks.zarr, gs://, az://)")
+    predict.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                         help="fsspec option for an --out URL, e.g. endpoint_url=http://... "
+                         "or anon=true (repeatable)")
     _add_job_options(predict, chunk=DEFAULT_CHUNK)
     predict.set_defaults(run=_predict)
 

@@ -1,4 +1,10 @@
-"""The main job: STAC search -> lazy load -> predict -> Zarr (+ STAC item, quick-look)."""
+"""The main job: STAC search -> lazy load -> predict -> Zarr (+ STAC item, quick-look).
+
+Local or in the cloud: the bands may be local files or ``http(s)://`` / ``s3://`` assets
+(``gdal=``, ``aws=``), the weights a local file or a URL each worker fetches into its own cache
+(``weights_storage_options=``), and the store a folder or an object-store URL
+(``storage_options=``), so the job runs on Dask workers that share no disk.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +30,20 @@ __all__ = ["MaskJob", "dask_client", "mask_items", "run_search_and_mask"]
 class MaskJob:
     """What :func:`mask_items` produced."""
 
-    store: Path
-    item_path: Path | None
+    store: Path | str
+    """The store: a local path, or the URL of a store in an object store."""
+    item_path: Path | str | None
     mask: xr.DataArray
     data: xr.Dataset
     source_items: list[str] = field(default_factory=list)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """The storage options the store was written with (to open it again)."""
+
+
+def _store_ref(store: str | os.PathLike[str]) -> Path | str:
+    """A URL stays a string (``Path`` would fold ``s3://`` into ``s3:/``); a path is a Path."""
+    text = os.fspath(store)
+    return text if "://" in text and not text.startswith("file://") else Path(text)
 
 
 def mask_items(
@@ -47,6 +62,12 @@ def mask_items(
     multiscales: Sequence[int] = (),
     progress: bool = False,
     write_stac_item: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+    weights_storage_options: Mapping[str, Any] | None = None,
+    gdal: Mapping[str, Any] | None = None,
+    aws: Mapping[str, Any] | None = None,
+    read_retries: int = 2,
+    strict: bool = False,
 ) -> MaskJob:
     """Mask STAC items with ``model`` and write the masks to a Zarr store, chunk by chunk.
 
@@ -56,17 +77,63 @@ def mask_items(
     written beside it. Runs on the active Dask client when there is one. Pixels where only
     some bands have data (scene and swath edges, where 10, 20 and 60 m bands end at
     different places) are no data unless ``invalid="raise"``.
+
+    Parameters
+    ----------
+    items, store
+        The STAC items; the store: a local folder or an object-store URL
+        (``s3://bucket/masks.zarr``, ``gs://``, ``az://``, ``memory://``).
+    model, weights
+        The model and its weights: default (``None``), a local file, or a URL
+        (``https://...``, ``s3://...``, optionally ``#sha256=<hex>``) that each process
+        running the model fetches once into its own cache, hash-checked.
+    resolution, chunk_size, bbox, crs, resampling
+        The output grid, as in :func:`xcloud.load`.
+    device, invalid
+        As in :func:`xcloud.predict`.
+    multiscales, progress
+        As in :func:`xcloud.outputs.to_zarr`.
+    write_stac_item
+        Also write a STAC item describing the store beside it.
+    storage_options
+        fsspec options of the store's filesystem (endpoint, credentials, anonymous), for the
+        store and its STAC item.
+    weights_storage_options
+        fsspec options for a ``weights`` URL, registered in this process and on every worker
+        of the current Dask client (:func:`xcloud.engine.cluster.share_weights_options`).
+    gdal, aws, read_retries, strict
+        How the bands are read (:func:`xcloud.load`): GDAL options and AWS session
+        arguments for ``http(s)://`` and ``s3://`` assets (``aws={"requester_pays": True}``,
+        ``aws={"aws_unsigned": True}``), re-reads of a failed network read, and whether an
+        unreadable asset is an error or no data plus a read-failure record.
+
+    Returns
+    -------
+    MaskJob
+        The store, the STAC item's path or URL, the lazy mask and data, the source item ids.
     """
+    from .engine.cluster import share_weights_options
+    from .models.fetch import is_weights_url
     from .outputs.stac import write_item
     from .outputs.zarr import to_zarr
 
+    if weights_storage_options:
+        if not is_weights_url(weights):
+            raise ValueError(f"weights_storage_options= is for weights given as a URL "
+                             f"(s3://..., https://...); weights={weights!r}")
+        share_weights_options(str(weights).partition("#")[0], weights_storage_options)
     info = get(model).info
     data = load(items, bands=list(info.bands), resolution=resolution, chunks=chunk_size,
-                bbox=bbox, crs=crs, resampling=resampling)
+                bbox=bbox, crs=crs, resampling=resampling, gdal=gdal, aws=aws,
+                read_retries=read_retries, strict=strict)
     mask = predict(data, model=model, weights=weights, device=device, invalid=invalid)
-    to_zarr(mask, store, multiscales=tuple(multiscales), progress=progress)
-    item_path = write_item(store, source_items=items) if write_stac_item else None
-    return MaskJob(Path(store), item_path, mask, data, list(data.attrs["source_items"]))
+    options = dict(storage_options or {})
+    to_zarr(mask, store, multiscales=tuple(multiscales), progress=progress,
+            storage_options=options or None)
+    item_path = (write_item(store, source_items=items, storage_options=options or None)
+                 if write_stac_item else None)
+    return MaskJob(_store_ref(store), item_path, mask, data, list(data.attrs["source_items"]),
+                   options)
 
 
 def run_search_and_mask(

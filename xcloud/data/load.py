@@ -13,12 +13,25 @@ become no data (NaN; masks mark them no data, never clear), an
 :class:`~xcloud.errors.AssetReadWarning` is issued and the failure is recorded in the process
 that read it (:func:`take_read_failures`); :func:`xcloud.to_zarr` collects these records and
 stores their count and item ids in the store's ``xcloud:read_failures`` attribute.
+
+Reading over the network: asset hrefs may be local paths, ``file://``, ``http(s)://`` or
+``s3://`` URLs (GDAL's ``/vsicurl/`` and ``/vsis3/``). Every read runs inside a rasterio/GDAL
+environment built on the client when :func:`load` is called (:func:`gdal_environment`:
+:data:`CLOUD_GDAL_OPTIONS`, then ``gdal=``, and an AWS session from ``aws=``) and carried with
+the Dask graph into each task, so the same settings apply in the threaded scheduler, in a
+``LocalCluster`` and on every worker of a remote cluster without configuring the workers. GDAL
+retries transient HTTP errors itself (``GDAL_HTTP_MAX_RETRY``, ``GDAL_HTTP_RETRY_DELAY``,
+``GDAL_HTTP_RETRY_CODES``); a read that still fails is an :class:`~xcloud.errors.AssetReadError`
+or a read-failure record as above, never silently missing pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,7 +51,34 @@ DEFAULT_CHUNK = 1024
 """Spatial chunk in pixels (``load`` and ``predict``): a full 10 m tile in 1024 px chunks is
 masked in under 4 GiB, about as fast as in 2048 px chunks (benchmarks/bench_memory.py)."""
 
-__all__ = ["DEFAULT_CHUNK", "SOURCE_ITEMS_ATTR", "ReadFailure", "load", "take_read_failures"]
+__all__ = ["AWS_OPTIONS", "CLOUD_GDAL_OPTIONS", "DEFAULT_CHUNK", "SOURCE_ITEMS_ATTR",
+           "ReadFailure", "gdal_environment", "load", "take_read_failures"]
+
+CLOUD_GDAL_OPTIONS: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing of the asset's folder per open
+    "GDAL_HTTP_MAX_RETRY": "5",  # transient HTTP errors: retried, pausing 0.5, 1, 2, 4, 8 s
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
+    "GDAL_HTTP_CONNECTTIMEOUT": "30",
+    "GDAL_HTTP_TIMEOUT": "120",  # seconds for one request, then a retry
+    # decode in the reading thread: an error in a decoder thread of GDAL's (a JPEG 2000 tile
+    # cut short by a dropped connection) is only printed, and the read returns wrong pixels
+    "GDAL_NUM_THREADS": "1",
+}
+"""GDAL options every read of :func:`load` runs with (``gdal=`` overrides or adds to them):
+odc-stac's cloud defaults plus retries of HTTP 429/500/502/503/504 and of dropped connections
+(GDAL's ``GDAL_HTTP_MAX_RETRY``, ``GDAL_HTTP_RETRY_DELAY``, ``GDAL_HTTP_RETRY_CODES``) and
+request timeouts, and decoding in the reading thread (``GDAL_NUM_THREADS=1``: Dask runs the
+reads in parallel; an error in one of GDAL's own decoder threads is lost, leaving wrong
+pixels)."""
+
+AWS_OPTIONS = ("aws_unsigned", "requester_pays", "region_name", "endpoint_url", "profile_name",
+               "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+"""Keys of ``aws=`` (those of rasterio's ``AWSSession``): ``aws_unsigned=True`` for
+public buckets, ``requester_pays=True`` for requester-pays buckets (the requester, you, pays
+the transfer), ``region_name``, ``endpoint_url`` (an S3-compatible server), a profile or keys
+(better: credentials from the workers' environment or instance role, so that no secret travels
+with the Dask graph)."""
 
 SOURCE_ITEMS_ATTR = "source_items"
 """Dataset/mask attribute listing the ids of the STAC items the data came from."""
@@ -88,41 +128,147 @@ def _record_failure(failure: ReadFailure) -> None:
                   AssetReadWarning, stacklevel=2)
 
 
-class _CheckedReader:
-    """An odc reader whose read failures become no data and a record, or AssetReadError."""
+_NETWORK_SCHEMES = ("http", "https", "s3", "gs", "gcs", "az", "abfs", "abfss", "azure", "oss")
 
-    def __init__(self, reader: Any, source: tuple[str, str], href: str, strict: bool) -> None:
-        self._reader, self._source, self._href, self._strict = reader, source, href, strict
+
+def _is_network_href(href: str) -> bool:
+    scheme = href.split("://", 1)[0].lower() if "://" in href else ""
+    return scheme in _NETWORK_SCHEMES or href.startswith(("/vsicurl", "/vsis3", "/vsigs",
+                                                          "/vsiaz", "/vsiadls", "/vsioss"))
+
+
+_VSI_PREFIXES = {"http": "/vsicurl/http", "https": "/vsicurl/https", "s3": "/vsis3",
+                 "gs": "/vsigs", "gcs": "/vsigs", "az": "/vsiaz", "azure": "/vsiaz",
+                 "abfs": "/vsiadls", "abfss": "/vsiadls", "oss": "/vsioss"}
+
+
+@functools.cache
+def _gdal_cache_clearer() -> Any:
+    """GDAL's ``VSICurlPartialClearCache`` from the libgdal rasterio runs on, or None.
+
+    rasterio does not wrap it; the library is found where this process mapped it (Linux), in
+    rasterio's wheel, or by name, and opened again with ctypes (the same loaded copy).
+    """
+    import ctypes
+    import ctypes.util
+    import glob
+    import os
+
+    import rasterio
+
+    candidates = []
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+        candidates += [line.split()[-1] for line in maps if "libgdal" in line
+                       and line.split()[-1].startswith("/")]
+    base = os.path.dirname(os.path.dirname(rasterio.__file__))
+    candidates += sorted(glob.glob(os.path.join(base, "rasterio.libs", "libgdal*")))
+    candidates += [name for name in [ctypes.util.find_library("gdal")] if name]
+    for candidate in candidates:
+        try:
+            function = ctypes.CDLL(candidate).VSICurlPartialClearCache
+        except (OSError, AttributeError):
+            continue
+        function.argtypes, function.restype = [ctypes.c_char_p], None
+        return function
+    return None
+
+
+def _forget_cached_bytes(href: str) -> None:
+    """Drop what GDAL cached of a network file: GDAL keeps the bytes of an answer that was cut
+    short in its per-process cache, and every later read of the file would fail (or decode
+    wrong bytes) without asking the server again."""
+    scheme, _, rest = href.partition("://")
+    prefix = _VSI_PREFIXES.get(scheme.lower())
+    clear = _gdal_cache_clearer()
+    if clear is None:
+        return
+    if href.startswith("/vsi"):
+        clear(href.encode())
+    elif prefix is not None:
+        clear(f"{prefix}://{rest}".encode() if prefix.startswith("/vsicurl/")
+              else f"{prefix}/{rest}".encode())
+
+
+def _describe(error: BaseException) -> str:
+    """The error and its causes in one line (rasterio's 'Read failed' hides the reason)."""
+    parts, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        if text and text not in parts:
+            parts.append(text)
+        current = current.__cause__ or current.__context__
+    return ": ".join(parts) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class _ReadPolicy:
+    strict: bool
+    retries: int = 0  # extra reads of a network asset after a failed one
+    delay: float = 0.5  # seconds before the first extra read, doubled for each further one
+
+
+class _CheckedReader:
+    """An odc reader whose read failures become no data and a record, or AssetReadError.
+
+    A failed read of a network asset is read again ``policy.retries`` times first: GDAL
+    retries HTTP errors itself, but not a connection dropped in the middle of a body, and it
+    keeps the bytes of such a cut answer in its cache, so the cache of the file is dropped
+    after each failed read (also the last: later chunks read it afresh).
+    """
+
+    def __init__(self, reader: Any, source: tuple[str, str], href: str,
+                 policy: _ReadPolicy) -> None:
+        self._reader, self._source, self._href, self._policy = reader, source, href, policy
 
     def read(self, cfg: Any, dst_geobox: Any, *, dst: Any = None,
              selection: Any = None) -> tuple[Any, Any]:
-        try:
-            return self._reader.read(cfg, dst_geobox, dst=dst, selection=selection)
-        # any failure: rasterio/GDAL errors, OSError, and e.g. odc-geo's AssertionError on a
-        # GeoTIFF cut inside its tags (it opens without a CRS)
-        except Exception as error:
-            item, band = self._source
-            if self._strict:
-                raise AssetReadError(
-                    f"cannot read band {band} of item {item!r} from {self._href}: {error}. "
-                    "The file is missing, truncated or corrupt: fetch it again, or load with "
-                    "strict=False to mark its pixels as no data and record the failure."
-                ) from error
-            _record_failure(ReadFailure(item, band, self._href, " ".join(str(error).split()),
-                                        str(dst_geobox.boundingbox)))
+        policy = self._policy
+        network = _is_network_href(self._href)
+        attempts = 1 + (policy.retries if network else 0)
+        for attempt in range(attempts):
+            try:
+                return self._reader.read(cfg, dst_geobox, dst=dst, selection=selection)
+            # any failure: rasterio/GDAL errors, OSError, and e.g. odc-geo's AssertionError on
+            # a GeoTIFF cut inside its tags (it opens without a CRS)
+            except Exception as error:
+                if network:
+                    _forget_cached_bytes(self._href)
+                if attempt + 1 < attempts:
+                    time.sleep(min(policy.delay * 2.0**attempt, 30.0))
+                    continue
+                self._failed(error, attempts, dst_geobox)
         empty = dst[0:0, 0:0] if dst is not None else np.empty((0, 0), cfg.dtype)
         return np.s_[0:0, 0:0], empty  # nothing read: the chunk keeps its no-data fill
+
+    def _failed(self, error: Exception, attempts: int, dst_geobox: Any) -> None:
+        item, band = self._source
+        reason = _describe(error) + (f" (after {attempts} reads)" if attempts > 1 else "")
+        if self._policy.strict:
+            raise AssetReadError(
+                f"cannot read band {band} of item {item!r} from {self._href}: {reason}. "
+                "The file is missing, truncated or corrupt, or the server failed: fetch it "
+                "again, or load with strict=False to mark its pixels as no data and record "
+                "the failure."
+            ) from error
+        _record_failure(ReadFailure(item, band, self._href, reason,
+                                    str(dst_geobox.boundingbox)))
 
 
 class _CheckedDriver:
     """odc-stac's rasterio driver with :class:`_CheckedReader` readers (picklable)."""
 
-    def __init__(self, sources: Mapping[str, tuple[str, str]], strict: bool) -> None:
+    def __init__(self, sources: Mapping[str, tuple[str, str]], strict: bool,
+                 env: Mapping[str, Any] | None = None, read_retries: int = 0) -> None:
         from odc.loader import RioDriver
         from odc.stac._mdtools import StacAuxReader
 
         self._rio = RioDriver(aux_reader=StacAuxReader())
-        self._sources, self._strict = dict(sources), strict
+        self._sources = dict(sources)
+        self._env = dict(env or {})
+        delay = float(self._env.get("GDAL_HTTP_RETRY_DELAY", 0.5))
+        self._policy = _ReadPolicy(strict, read_retries, delay)
 
     def new_load(self, geobox: Any, *, chunks: Any = None) -> Any:
         return self._rio.new_load(geobox, chunks=chunks)
@@ -131,7 +277,9 @@ class _CheckedDriver:
         return self._rio.finalise_load(load_state)
 
     def capture_env(self) -> dict[str, Any]:
-        return self._rio.capture_env()
+        """odc's captured rasterio environment with xcloud's settings on top: travels with the
+        graph, restored around every read in every task (thread, process or remote worker)."""
+        return {**self._rio.capture_env(), **self._env}
 
     @contextmanager
     def restore_env(self, env: dict[str, Any], load_state: Any) -> Iterator[Any]:
@@ -140,7 +288,7 @@ class _CheckedDriver:
 
     def open(self, src: Any, ctx: Any) -> _CheckedReader:
         source = self._sources.get(src.uri, (src.uri, str(src.band)))
-        return _CheckedReader(self._rio.open(src, ctx), source, src.uri, self._strict)
+        return _CheckedReader(self._rio.open(src, ctx), source, src.uri, self._policy)
 
     @property
     def md_parser(self) -> Any:
@@ -153,6 +301,57 @@ class _CheckedDriver:
     @property
     def aux_reader(self) -> Any:
         return self._rio.aux_reader
+
+
+def _gdal_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "YES" if value else "NO"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ValueError(f"gdal={{{key!r}: {value!r}}}: GDAL options take strings, numbers or "
+                     "booleans")
+
+
+def gdal_environment(gdal: Mapping[str, Any] | None = None,
+                     aws: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The rasterio/GDAL environment the reads of :func:`load` run in.
+
+    Parameters
+    ----------
+    gdal
+        GDAL configuration options added to (or replacing) :data:`CLOUD_GDAL_OPTIONS`, e.g.
+        ``{"GDAL_HTTP_MAX_RETRY": 10}``, ``{"GDAL_HTTP_HEADERS": "Authorization: Bearer ..."}``
+        or, for an S3-compatible server, ``{"AWS_S3_ENDPOINT": "minio:9000", "AWS_HTTPS":
+        "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}``. Booleans become ``YES``/``NO``.
+    aws
+        Arguments of an AWS session for ``s3://`` hrefs (:data:`AWS_OPTIONS`), e.g.
+        ``{"requester_pays": True}`` or ``{"aws_unsigned": True}``. Without it, GDAL finds
+        credentials where AWS tools do (environment, profile, instance role) in the process
+        that reads.
+
+    Returns
+    -------
+    dict
+        GDAL options, and the AWS session's arguments under ``"_aws"`` (odc-stac's key).
+
+    Raises
+    ------
+    ValueError
+        An option name that is not an upper-case GDAL name, a value that is not a string,
+        number or boolean, or an ``aws`` key that :data:`AWS_OPTIONS` does not list.
+    """
+    env: dict[str, Any] = dict(CLOUD_GDAL_OPTIONS)
+    for key, value in (gdal or {}).items():
+        if not isinstance(key, str) or not key.replace("_", "").isalnum() or key.upper() != key:
+            raise ValueError(f"gdal= takes GDAL configuration option names such as "
+                             f"'GDAL_HTTP_MAX_RETRY', got {key!r}")
+        env[key] = _gdal_value(key, value)
+    if aws:
+        unknown = sorted(set(aws) - set(AWS_OPTIONS))
+        if unknown:
+            raise ValueError(f"aws= does not take {unknown}; it takes {', '.join(AWS_OPTIONS)}")
+        env["_aws"] = dict(aws)
+    return env
 
 
 def _asset_sources(items: Sequence[Any], names: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -188,6 +387,9 @@ def load(
     resampling: str = "bilinear",
     assume_baseline: str | None = None,
     strict: bool = False,
+    gdal: Mapping[str, Any] | None = None,
+    aws: Mapping[str, Any] | None = None,
+    read_retries: int = 2,
 ) -> xr.Dataset:
     """Load STAC items lazily as float32 TOA/BOA reflectance, one variable per band.
 
@@ -218,7 +420,20 @@ def load(
         as no data, issues an :class:`~xcloud.errors.AssetReadWarning` and records the
         failure (:func:`take_read_failures`; :func:`xcloud.to_zarr` stores the count and the
         item ids as ``xcloud:read_failures``); ``True`` raises
-        :class:`~xcloud.errors.AssetReadError`.
+        :class:`~xcloud.errors.AssetReadError`. A read over HTTP(S) or S3 that fails with a
+        transient error (HTTP 429/500/502/503/504, a dropped connection, a timeout) is
+        retried by GDAL first (:data:`CLOUD_GDAL_OPTIONS`); only a read that still fails
+        counts as failed, and the record names its URL.
+    gdal, aws
+        GDAL options and AWS session arguments for reading ``http(s)://`` and ``s3://``
+        assets (:func:`gdal_environment`): ``aws={"requester_pays": True}`` for
+        requester-pays buckets, ``aws={"aws_unsigned": True}`` for anonymous reads. They
+        travel with the Dask graph, so every worker reads with them.
+    read_retries
+        How many times a failed read of a network asset (``http(s)://``, ``s3://``...) is
+        read again, pausing ``GDAL_HTTP_RETRY_DELAY`` seconds, doubled each time, before it
+        counts as failed: GDAL retries HTTP errors but not a connection dropped in the middle
+        of an answer. Local files are read once.
 
     Returns
     -------
@@ -227,6 +442,9 @@ def load(
         float32 with NaN for no data (SCL stays uint8); attribute ``source_items``.
     """
     odc_stac = import_optional("odc.stac", extra="geo")
+    env = gdal_environment(gdal, aws)  # bad options fail here, before anything is read
+    if read_retries < 0:
+        raise ValueError(f"read_retries must be >= 0, got {read_retries}")
     if resampling not in _KERNEL_METHODS:
         raise ValueError(f"resampling must be one of {_KERNEL_METHODS}, got {resampling!r}")
     if groupby not in _GROUPINGS:
@@ -244,7 +462,8 @@ def load(
     native_crs = all(p.crs(names) == geobox.crs for p in parsed)
     chunk = int(chunks if isinstance(chunks, int) else min(chunks.get("x", DEFAULT_CHUNK),
                                                            chunks.get("y", DEFAULT_CHUNK)))
-    driver = _CheckedDriver(_asset_sources(harmonized, names), strict)
+    driver = _CheckedDriver(_asset_sources(harmonized, names), strict,
+                            env=env, read_retries=int(read_retries))
     plan = _LoadPlan(geobox, native_crs, chunk, resampling, driver)
     groups = _group_items(harmonized, groupby)
     slices = [_load_group(group, names, radiometry, plan) for group in groups]

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models.fetch import is_weights_url
 from ..models.protocol import CloudModel
 
 __all__ = ["ModelSpec", "clear_cache", "get_model", "load_counts"]
@@ -35,6 +36,8 @@ class ModelSpec:
         ``bands`` is for models that take any set of bands (SEnSeI-v2)."""
         if weights is None:
             return cls(name, None, device, runtime, None, bands)
+        if is_weights_url(weights):  # fetched by each process that loads it
+            return cls(name, str(weights), device, runtime, None, bands)
         path = Path(weights).expanduser().resolve()
         stat = path.stat() if path.exists() else None
         version = (stat.st_mtime_ns, stat.st_size) if stat else None

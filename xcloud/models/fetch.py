@@ -15,6 +15,20 @@ verified copy. Where no sha256 is published, the first download records the file
 ``$XCLOUD_WEIGHTS_URL`` or ``base_url=`` replaces the scheme and host of every URL (keeping the
 path), for a mirror inside an air-gapped site. Without a network, put the files where
 :func:`cache_dir` and ``xcloud weights list -v`` say, or pass ``weights=PATH`` to the model.
+
+Weights at a URL (``weights="https://..."``, ``"s3://bucket/key"``, any fsspec URL): each
+process that loads the model fetches the file once into its own cache
+(:func:`fetch_url_weights`, below ``<cache>/urls/``), so Dask workers that share no disk each
+get a copy, and workers of one machine that share a cache share one. The file is checked
+against a sha256 before it is moved into place when one is known: given (``sha256=``, or a
+``#sha256=<hex>`` fragment of the URL), or published for the model under the same file name;
+otherwise the first download's sha256 is recorded and later uses are checked against it. The
+model's own loader then reads the local copy (safetensors, ``weights_only=True``, HDF5, ONNX:
+never unpickled). The download goes through fsspec (its HTTP filesystem for ``https://``,
+``s3fs`` for ``s3://``: ``endpoint_url``, ``anon``, ``requester_pays``, credentials), into a
+temporary file beside the destination, moved into place once its hash checks. Options for a
+URL can be registered once per process with :func:`register_url_options` (xcloud's pipeline
+does it on every Dask worker), so that they never need to travel with the model's name.
 """
 
 from __future__ import annotations
@@ -25,13 +39,17 @@ import importlib.util
 import logging
 import os
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._optional import import_optional
-from ..errors import MissingWeightsError, WeightsError
+from .._paths import safe_name
+from ..errors import MissingWeightsError, WeightsError, XcloudError
 from .published import PublishedFile, PublishedWeights, published
 
 __all__ = [
@@ -40,11 +58,17 @@ __all__ = [
     "FileCheck",
     "cache_dir",
     "cached_weights",
+    "expected_url_sha256",
+    "fetch_url_weights",
     "fetch_weights",
     "file_sha256",
+    "is_weights_url",
     "local_path",
     "mirror_url",
+    "register_url_options",
     "resolve_weights",
+    "url_cache_path",
+    "url_options",
     "verify_weights",
 ]
 
@@ -207,12 +231,19 @@ def verify_weights(name_or_model: str | None = None, *,
 
 def resolve_weights(model: str, weights: str | os.PathLike | None, *,
                     cache_dir: str | os.PathLike | None = None,
-                    base_url: str | None = None) -> Path | None:
+                    base_url: str | None = None,
+                    storage_options: Mapping[str, Any] | None = None,
+                    sha256: str | None = None) -> Path | None:
     """The weights a model loader should read.
 
-    ``weights`` given: that path (which must exist). ``None``: the model's default published
-    weights, fetched into (or found in) the cache; ``None`` if nothing is published for it.
+    ``weights`` a URL (:func:`is_weights_url`): the file fetched into this process's cache
+    (:func:`fetch_url_weights` with ``storage_options`` and ``sha256``). ``weights`` a path:
+    that path (which must exist). ``None``: the model's default published weights, fetched
+    into (or found in) the cache; ``None`` if nothing is published for it.
     """
+    if weights is not None and is_weights_url(weights):
+        return fetch_url_weights(str(weights), model=model, cache_dir=cache_dir,
+                                 storage_options=storage_options, sha256=sha256)
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.exists():
@@ -225,6 +256,185 @@ def resolve_weights(model: str, weights: str | os.PathLike | None, *,
     if default_for(model) is None:
         return None
     return fetch_weights(model, cache_dir=cache_dir, base_url=base_url)
+
+
+# -- weights at a URL -----------------------------------------------------------------------------
+
+_URL_OPTIONS: dict[str, dict[str, Any]] = {}
+_URL_OPTIONS_LOCK = threading.Lock()
+_URL_FOLDER = "urls"
+_SHA256_FRAGMENT = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
+
+
+def is_weights_url(weights: object) -> bool:
+    """Whether ``weights`` names a remote file (``scheme://...``, not ``file://``)."""
+    if not isinstance(weights, str):
+        return False
+    scheme = urlsplit(weights).scheme.lower()
+    return "://" in weights and len(scheme) > 1 and scheme not in ("file", "local")
+
+
+def register_url_options(prefix: str, options: Mapping[str, Any] | None) -> None:
+    """Use ``options`` (fsspec storage options) for weights URLs starting with ``prefix``, in
+    this process (``None`` or ``{}`` forgets them). The longest matching prefix wins."""
+    with _URL_OPTIONS_LOCK:
+        if options:
+            _URL_OPTIONS[prefix] = dict(options)
+        else:
+            _URL_OPTIONS.pop(prefix, None)
+
+
+def url_options(url: str) -> dict[str, Any]:
+    """The storage options registered for ``url`` (:func:`register_url_options`), or ``{}``."""
+    with _URL_OPTIONS_LOCK:
+        matches = [p for p in _URL_OPTIONS if url.startswith(p)]
+        return dict(_URL_OPTIONS[max(matches, key=len)]) if matches else {}
+
+
+def _split_fragment(url: str) -> tuple[str, str | None]:
+    """The URL without its fragment, and the sha256 a ``#sha256=<hex>`` fragment gives."""
+    base, _, fragment = url.partition("#")
+    if not fragment:
+        return url, None
+    match = _SHA256_FRAGMENT.match(fragment)
+    if match is None:
+        raise WeightsError(f"weights={url!r}: the only fragment understood is "
+                           "#sha256=<64 hex digits>")
+    return base, match.group(1).lower()
+
+
+def url_cache_path(url: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`fetch_url_weights` keeps the file at ``url`` (a fragment is ignored).
+
+    ``<cache>/urls/<first 16 hex digits of the URL's sha256>/<file name>``: one folder per
+    URL, so two URLs with the same file name never share a copy.
+    """
+    base, _ = _split_fragment(url)
+    name = safe_name(PurePosixPath(urlsplit(base).path).name or "weights")
+    key = hashlib.sha256(base.encode()).hexdigest()[:16]
+    return _cache_root(cache_dir) / _URL_FOLDER / key / name
+
+
+def expected_url_sha256(url: str, model: str | None = None) -> str | None:
+    """The sha256 a weights URL must have, if one is known: its ``#sha256=<hex>`` fragment,
+    else the published (or shipped) file of ``model`` with the URL's file name, else None."""
+    base, from_fragment = _split_fragment(url)
+    if from_fragment:
+        return from_fragment
+    name = PurePosixPath(urlsplit(base).path).name
+    if model:
+        from .registry import get, known_weights
+
+        try:
+            hashes = known_weights(get(model)).get(name, set())
+        except XcloudError:  # not a registered model: the published artifacts only
+            hashes = set()
+        if hashes:
+            return next(iter(hashes)) if len(hashes) == 1 else None
+    from .published import PUBLISHED, published_for_model
+
+    entries = published_for_model(model) if model else list(PUBLISHED.values())
+    found = {f.sha256 for e in entries for f in e.files
+             if f.sha256 and PurePosixPath(f.filename).name == name}
+    return found.pop() if len(found) == 1 else None
+
+
+def fetch_url_weights(url: str, *, model: str | None = None, sha256: str | None = None,
+                      storage_options: Mapping[str, Any] | None = None,
+                      cache_dir: str | os.PathLike | None = None,
+                      retries: int | None = None) -> Path:
+    """The local copy of the weights file at ``url``, downloaded into the cache if needed.
+
+    Parameters
+    ----------
+    url
+        ``https://``, ``http://``, ``s3://``, ``gs://``, ``az://``... (anything fsspec
+        opens), optionally ending in ``#sha256=<hex>``.
+    model
+        The model the file is for: a file it publishes (or ships) under the same name gives
+        the sha256 (:func:`expected_url_sha256`).
+    sha256
+        The file's expected sha256 (hex); overrides the fragment and the registry.
+    storage_options
+        fsspec options for the URL's filesystem (e.g. ``{"endpoint_url": ..., "anon":
+        True}`` for s3fs, ``{"headers": {...}}`` for HTTP); default: those registered for it
+        with :func:`register_url_options`.
+    cache_dir
+        The cache folder (default :func:`cache_dir`).
+    retries
+        Extra download attempts after a failure (default ``$XCLOUD_WEIGHTS_RETRIES`` or 2).
+
+    Returns
+    -------
+    Path
+        :func:`url_cache_path`: fetched once per cache, under a cross-process lock; a later
+        call checks the cached file against the expected (or recorded) sha256.
+
+    Raises
+    ------
+    MissingWeightsError
+        The file could not be downloaded: the message names the URL, the error and where to
+        put the file by hand.
+    WeightsError
+        The file does not have the expected sha256 (nothing is kept), or a malformed sha256.
+    """
+    base, _ = _split_fragment(url)
+    expected = (sha256 or expected_url_sha256(url, model) or "").lower() or None
+    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise WeightsError(f"sha256={sha256!r} for weights={url!r} must be 64 hex digits")
+    options = dict(storage_options) if storage_options is not None else url_options(base)
+    path = url_cache_path(base, cache_dir=cache_dir)
+    with _file_lock(path):
+        if path.is_file():
+            actual = file_sha256(path)
+            if actual == (expected or _read_record(path) or actual):
+                if _read_record(path) is None:
+                    _write_record(path, actual)
+                return path
+            path.unlink()  # a new expected hash, or a corrupt copy: fetch it again
+            _record_path(path).unlink(missing_ok=True)
+        try:
+            _download_fsspec(base, path, expected, options, _retries(retries))
+        except WeightsError:
+            raise
+        except Exception as error:  # network, credentials, missing object: say what to do
+            reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            raise MissingWeightsError(
+                f"could not download weights={base!r} ({reason}); check the URL, the network "
+                "and the storage options (credentials, endpoint_url), or download the file "
+                f"and pass weights=PATH, or put it at {path}") from error
+        _write_record(path, file_sha256(path))
+    return path
+
+
+def _download_fsspec(url: str, path: Path, sha256: str | None, options: Mapping[str, Any],
+                     retries: int) -> None:
+    """Copy ``url`` with fsspec into a temporary file beside ``path``, hashing as it goes; the
+    file is moved into place only if its sha256 is the expected one."""
+    fsspec = import_optional("fsspec", extra="cloud")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+    for attempt in range(retries + 1):
+        try:
+            digest = hashlib.sha256()
+            with fsspec.open(url, "rb", **options) as source, open(tmp, "wb") as target:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(block)
+                    target.write(block)
+            break
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            raise
+        except Exception:
+            tmp.unlink(missing_ok=True)
+            if attempt == retries:
+                raise
+            time.sleep(min(0.5 * 2**attempt, 10.0))
+    if sha256 is not None and digest.hexdigest() != sha256:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(f"downloaded {url} has sha256 {digest.hexdigest()}, expected "
+                           f"{sha256}; nothing was kept in {path.parent}. Check the URL and the "
+                           "expected hash, or try again")
+    os.replace(tmp, path)
 
 
 # -- internals ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnknownModelError, WeightsError, XcloudError
+from .fetch import expected_url_sha256, is_weights_url, resolve_weights
 from .protocol import CloudModel, ModelInfo
 from .published import published_for_model
 
@@ -96,6 +97,8 @@ class ModelEntry:
             options["bands"] = bands
         if weights is None:
             return self.loader(**options)
+        if is_weights_url(weights):  # into this process's cache, hash-checked when known
+            weights = options["weights"] = resolve_weights(self.name, weights)
         _refuse_corrupt_copy(self, _checked_weights(weights))
         try:
             return self.loader(**options)
@@ -162,7 +165,14 @@ def weights_origin(entry: ModelEntry, weights: str | os.PathLike[str]) -> dict[s
     ``user`` (any other file)."""
     text = os.fspath(weights)
     path = Path(text).expanduser()
-    if "://" in text or not path.is_file():
+    if is_weights_url(text):
+        expected = expected_url_sha256(text, entry.name)
+        published = expected is not None and any(
+            expected in hashes for hashes in known_weights(entry).values())
+        origin = {"xcloud:weights": text,
+                  "xcloud:weights_origin": "published" if published else "user"}
+        return origin | ({"xcloud:weights_sha256": expected} if expected else {})
+    if not path.is_file():
         return {"xcloud:weights": text, "xcloud:weights_origin": "user"}
     digest = sha256(path)
     published = any(digest in hashes for hashes in known_weights(entry).values())
