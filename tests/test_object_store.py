@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,17 @@ import pytest
 import xarray as xr
 import zarr
 
+import xcloud
+from xcloud.engine.cluster import local_cluster
 from xcloud.errors import StoreLockedError, StoreWriteError
 from xcloud.outputs import to_zarr
 from xcloud.outputs.quicklook import write_quicklook
 from xcloud.outputs.stac import read_item, validate_item, write_item
+from xcloud.synthetic import synthetic_scene
 
 from .faulty_s3_proxy import FaultyS3Proxy
 from .moto_server import MotoServer, MotoServerError
+from .test_faults import slowed
 from .test_zarr import T0, T1, chunk_keys, synthetic_mask
 
 pytest.importorskip("s3fs")
@@ -358,3 +363,43 @@ def test_stac_item_and_quicklook_beside_the_store_in_the_bucket(moto, bucket, tm
     body = moto.client().get_object(Bucket=bucket, Key="masks/T33UUU.png")["Body"].read()
     assert png == f"s3://{bucket}/masks/T33UUU.png" and body.startswith(b"\x89PNG\r\n\x1a\n")
     assert not list(Path(os.getcwd()).glob("T33UUU*"))
+
+
+# -- a worker killed mid-run, the store in the bucket ----------------------------------------
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_worker_killed_mid_run_leaves_an_identical_store_in_the_bucket(moto, bucket,
+                                                                         tmp_path, zarr_format):
+    """Two worker processes write to S3; one is SIGKILLed after the first markers appear in
+    the bucket, twice in a row (the nanny starts a new one): the job completes and the store
+    equals an undisturbed local run, its markers gone from the bucket."""
+    distributed = pytest.importorskip("distributed")
+    scene = synthetic_scene(128, seed=3).chunk({"y": 32, "x": 32})
+    reference = tmp_path / "reference.zarr"
+    xcloud.to_zarr(xcloud.predict(scene, model="s2cloudless"), reference,
+                   zarr_format=zarr_format)
+    url = f"s3://{bucket}/killed.zarr"
+    mask = xcloud.predict(slowed(scene, "B02", 0.2), model="s2cloudless")
+    markers = "killed.zarr/.xcloud/done/"
+    with local_cluster(n_workers=2, threads_per_worker=1) as cluster, \
+            distributed.Client(cluster) as client, ThreadPoolExecutor(1) as pool:
+        job = pool.submit(xcloud.to_zarr, mask, url, storage_options=moto.options(),
+                          zarr_format=zarr_format)
+        victims = []
+        for needed in (2, 6):  # two kills at different points of the run
+            deadline = time.monotonic() + 90
+            while len(moto.keys(bucket, markers)) < needed and not job.done() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pid = next(iter(client.run(os.getpid).values()))
+            running = not job.done()
+            os.kill(pid, signal.SIGKILL)
+            victims.append((pid, running))
+        summary = job.result(timeout=180)
+        alive = set(client.run(os.getpid).values())
+    assert summary.chunks_written == 16 and not alive & {pid for pid, _ in victims}
+    assert victims[0][1], "the first kill came after the job had finished"
+    assert no_state(moto, bucket, "killed.zarr")
+    remote = xr.open_zarr(url, storage_options=moto.options()).load()
+    xr.testing.assert_identical(remote, xr.open_zarr(reference).load())
