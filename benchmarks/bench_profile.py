@@ -264,14 +264,15 @@ def measure_write(classes: np.ndarray, size: int, chunk: int, region: tuple[slic
     import dask.array as da
     import xarray as xr
 
+    from xcloud.outputs.store import store_location
     from xcloud.outputs.zarr import _ChunkTarget, _write_chunk
 
     store = tmp / "mask.zarr"
     zeros = da.zeros((1, size, size), chunks=(1, chunk, chunk), dtype=np.uint8)
     xr.Dataset({"cloudmask": (("time", "y", "x"), zeros)}).to_zarr(
         store, compute=False, zarr_format=3, consolidated=False)
-    target = _ChunkTarget(str(store), "cloudmask", 3, (slice(0, 1), *region),
-                          str(tmp / "marker"), str(tmp / "failures"))
+    target = _ChunkTarget(store_location(store), "cloudmask", 3, (slice(0, 1), *region),
+                          ".xcloud/done/_root/cloudmask/0.0.0", ".xcloud/failures")
     _write_chunk(classes[None], target)
     return best_of(lambda: _write_chunk(classes[None], target), repeats)
 

@@ -168,9 +168,25 @@ def test_the_policy_is_on_lazy_masks_too(scene):
 def test_invalid_pixels_are_counted_once_whatever_the_chunking(scene, chunks):
     """A pixel near a chunk border lies in its neighbours' halos too: counted once."""
     scene["B02"][39, 40] = np.nan  # on a 40 px border
-    scene["B03"][0, 0] = 5.0  # at the scene edge, mirrored into the padding
+    scene["B03"][0, 0] = 9.0  # at the scene edge, mirrored into the padding
     scene["B04"][60, 22] = np.inf
     with pytest.warns(InvalidPixelsWarning):
         mask = scene.cloudmask.predict(model="ukis-6b-l1c", chunk_size=chunks)
     assert mask.attrs["xcloud:invalid_pixels"] == 3
     assert (mask.values[[39, 0, 60], [40, 0, 22]] == 255).all()
+
+
+def test_auxiliary_bands_keep_their_own_units():
+    """AOT and WVP (DN / 1000, WVP up to ~7) are not reflectance: no range check on them."""
+    from xcloud.engine.checks import check_input, invalid_pixels, reflectance_bands
+
+    bands = ("AOT", "B02", "B04", "WVP")
+    assert reflectance_bands(bands) == [1, 2]
+    image = np.full((4, 50, 50), 0.1, np.float32)
+    image[3] = 4.5  # WVP
+    empty = np.zeros((50, 50), bool)
+    check_input(image, ~empty, bands)
+    assert not invalid_pixels(image, empty, invalid="raise", bands=bands).any()
+    image[2, 0, 0] = 7.0  # B04 above the largest encodable reflectance
+    with pytest.raises(InvalidReflectanceError, match="outside"):
+        invalid_pixels(image, empty, invalid="raise", bands=bands)

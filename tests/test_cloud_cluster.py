@@ -108,13 +108,14 @@ def assert_stores_equal(remote: xr.Dataset, local: xr.Dataset) -> None:
 
 @pytest.mark.parametrize("source", ["stac-api", "static-catalogue"])
 def test_predict_on_a_cli_cluster_reads_http_fetches_weights_per_worker_writes_s3(
-        served, moto, cluster, tmp_path, request, source):
+        served, moto, cluster, tmp_path, request, monkeypatch, source):
     """``--stac``: the local STAC API (stac-fastapi-pgstac; CI requires it) or a static
     catalogue, both holding the item whose assets are on nginx."""
     from distributed import Client
 
     import xcloud
 
+    monkeypatch.setenv("XCLOUD_CACHE_DIR", str(tmp_path / "client-cache"))  # the client's own
     server, root = served
     weights = need_data(WEIGHTS)
     digest = file_sha256(weights)

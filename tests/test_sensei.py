@@ -164,7 +164,7 @@ def test_a_batch_of_two_is_two_batches_of_one(fixture, loaded, case):
     network = model.network
     with torch.no_grad():  # also the network itself, batched
         batched = torch.softmax(network(torch.from_numpy(x), fixture.descriptors(case)), 1)
-    np.testing.assert_allclose(batched.numpy(), together, atol=1e-4, rtol=0)  # conv kernels
+    np.testing.assert_allclose(batched.numpy(), together, atol=5e-4, rtol=0)  # conv kernels
     released_effect = np.abs(fixture.io[f"{case}_probs_b2"] - fixture.io[f"{case}_probs_b1"])
     assert released_effect.max() > 0.03
 

@@ -155,6 +155,10 @@ def to_reflectance(cube: xr.DataArray, *, scale: float | None,
     return cube.astype(np.float32, copy=False)
 
 
+_GRID_RTOL = 1e-4  # coordinates from float arithmetic (linspace, bbox / shape) jitter less
+_SQUARE_RTOL = 0.01  # a bbox divided by the pixel count gives steps a little apart (0.03 %)
+
+
 def _steps(coord: np.ndarray, name: Hashable) -> float | None:
     """The step of an evenly spaced coordinate (``None`` for fewer than two values);
     :class:`GridError` if it is not evenly spaced."""
@@ -162,7 +166,7 @@ def _steps(coord: np.ndarray, name: Hashable) -> float | None:
         return None
     steps = np.diff(coord.astype(np.float64))
     step = float(steps[0])
-    if step == 0 or not np.allclose(steps, step, rtol=1e-6, atol=1e-9 * abs(step)):
+    if step == 0 or not np.allclose(steps, step, rtol=_GRID_RTOL, atol=0):
         raise GridError(
             f"the {name} coordinates are not evenly spaced (steps from {steps.min():g} to "
             f"{steps.max():g}): xcloud needs a regular grid; resample the data onto one first "
@@ -177,7 +181,7 @@ def check_regular_grid(cube: xr.DataArray) -> None:
     steps = {dim: _steps(np.asarray(cube[dim].values), dim)
              for dim in (xdim, ydim) if dim in cube.coords}
     known = {dim: abs(step) for dim, step in steps.items() if step is not None}
-    if len(known) == 2 and not np.isclose(known[xdim], known[ydim], rtol=1e-6):
+    if len(known) == 2 and not np.isclose(known[xdim], known[ydim], rtol=_SQUARE_RTOL):
         raise GridError(
             f"the pixels are not square: {xdim} steps {known[xdim]:g}, {ydim} steps "
             f"{known[ydim]:g}; bring the bands to one square grid first (e.g. "

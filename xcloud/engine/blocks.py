@@ -86,7 +86,7 @@ def _nodata_mask(image: np.ndarray, task: BlockTask,
         empty |= (image == np.float32(task.nodata)).all(axis=0)
     check_input(image, ~empty & np.isfinite(image).all(axis=0), _band_names(task))
     return empty | invalid_pixels(image, empty, invalid=task.invalid, token=task.token,
-                                  region=region)
+                                  region=region, bands=_band_names(task))
 
 
 def _band_names(task: BlockTask) -> tuple[str, ...]:

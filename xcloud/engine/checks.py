@@ -12,12 +12,17 @@ check                   threshold  why
 lowest reflectance      -0.2       the lowest valid value is -0.1: DN 1 with the -1000 DN
                                    offset of processing baseline >= 04.00; noise and
                                    atmospheric correction over dark water stay within 0.1
-highest reflectance     2.5        bright clouds and sun glint at low sun reach 1.5-1.8 TOA
+highest reflectance     6.6        the largest value a Sentinel-2 product encodes: 65535 DN
+                                   = 6.5535 (saturated pixels); real scenes reach ~3 (sun
+                                   glint, hot spots)
 digital numbers         2.0        most values of a band above 2 (reflectance x 10000, or %)
 too dark                0.01       the median of *every* band below 1 %: even the darkest
                                    scenes have visible-band medians above 2 % (Rayleigh
                                    scattering, water-leaving radiance); a scale off by 10
 ======================  =========  ==========================================================
+
+Only reflectance bands are checked (Sentinel-2's B01 .. B12, B8A; Landsat's reflective
+bands): AOT, WVP and other auxiliary or non-optical inputs have units of their own.
 
 A band whose *most* valid values fall outside the range, or a chunk too dark in every band,
 is an error whatever ``invalid=`` says (a wrong scale or offset; no data would hide it).
@@ -35,6 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..data.bands import band as band_record
 from ..errors import InvalidPixelsWarning, InvalidReflectanceError, ModelOutputError
 
 __all__ = [
@@ -46,11 +52,12 @@ __all__ = [
     "check_input",
     "invalid_pixels",
     "nonfinite_pixels",
+    "reflectance_bands",
     "take_counts",
 ]
 
 MIN_REFLECTANCE = -0.2
-MAX_REFLECTANCE = 2.5
+MAX_REFLECTANCE = 6.6
 DN_LIKE = 2.0
 DARK_LIMIT = 0.01
 DARK_MIN_PIXELS = 1000
@@ -76,14 +83,30 @@ def take_counts(token: str) -> dict[str, int]:
     return found
 
 
+def reflectance_bands(bands: Sequence[str]) -> list[int]:
+    """Indices of the bands that hold reflectance (optical bands with a wavelength)."""
+    return [i for i, name in enumerate(bands) if _is_reflectance(name)]
+
+
+def _is_reflectance(name: str) -> bool:
+    try:
+        record = band_record(name)
+    except (KeyError, ValueError):
+        landsat = name.lower().startswith(("landsat-8:", "landsat-9:"))
+        return landsat and name.split(":")[-1].upper() not in ("B10", "B11")  # thermal
+    return record.wavelength_min is not None and record.name not in ("AOT", "WVP")
+
+
 def check_input(image: np.ndarray, valid: np.ndarray, bands: Sequence[str]) -> None:
     """Raise :class:`InvalidReflectanceError` when the valid pixels of a chunk (bands, y, x)
-    cannot be reflectance: a band mostly above :data:`DN_LIKE` or below
-    :data:`MIN_REFLECTANCE`, or every band darker than :data:`DARK_LIMIT`."""
+    cannot be reflectance: a reflectance band mostly above :data:`DN_LIKE` or below
+    :data:`MIN_REFLECTANCE`, or every reflectance band darker than :data:`DARK_LIMIT`."""
     n_valid = int(np.count_nonzero(valid))
-    if not n_valid:
+    chosen = reflectance_bands(bands)
+    if not n_valid or not chosen:
         return
-    values = image[:, valid]
+    bands = [bands[i] for i in chosen]
+    values = image[chosen][:, valid]
     with np.errstate(invalid="ignore"):
         high = np.count_nonzero(values > DN_LIKE, axis=1)
         low = np.count_nonzero(values < MIN_REFLECTANCE, axis=1)
@@ -112,7 +135,8 @@ def check_input(image: np.ndarray, valid: np.ndarray, bands: Sequence[str]) -> N
 
 
 def invalid_pixels(image: np.ndarray, empty: np.ndarray, *, invalid: str, token: str = "",
-                   region: tuple[slice, slice] | None = None) -> np.ndarray:
+                   region: tuple[slice, slice] | None = None,
+                   bands: Sequence[str] | None = None) -> np.ndarray:
     """Pixels (y, x) that are not no data but cannot be valid: NaN or infinity in some bands
     but not all, or values outside [:data:`MIN_REFLECTANCE`, :data:`MAX_REFLECTANCE`].
 
@@ -122,8 +146,9 @@ def invalid_pixels(image: np.ndarray, empty: np.ndarray, *, invalid: str, token:
     not its halo, so that each pixel is counted once).
     """
     finite = np.isfinite(image)
+    reflectance = image if bands is None else image[reflectance_bands(bands)]
     with np.errstate(invalid="ignore"):
-        outside = finite & ((image < MIN_REFLECTANCE) | (image > MAX_REFLECTANCE))
+        outside = (reflectance < MIN_REFLECTANCE) | (reflectance > MAX_REFLECTANCE)
     partial = ~finite.all(axis=0) & ~empty
     absurd = outside.any(axis=0) & ~empty & ~partial
     bad = partial | absurd
