@@ -81,3 +81,40 @@ def test_errors_name_the_problem(static_catalogue, tmp_path):
         xcloud.search(tmp_path / "nothing.json")
     with pytest.raises(StacError, match="cannot open the STAC API"):
         xcloud.search("http://127.0.0.1:9", retries=0, timeout=2)
+
+
+def _box_item(item_id: str, west: float, east: float, geometry: bool = True) -> dict:
+    item = _item(0, 0.0, 1, 10.0)
+    item["id"] = item_id
+    item["bbox"] = [west, -17.0, east, -16.0]
+    if not geometry:
+        item["geometry"] = None
+    elif west <= east:
+        item["geometry"] = {"type": "Polygon", "coordinates": [[
+            [west, -17.0], [east, -17.0], [east, -16.0], [west, -16.0], [west, -17.0]]]}
+    else:  # split at the antimeridian, as STAC recommends
+        item["geometry"] = {"type": "MultiPolygon", "coordinates": [
+            [[[west, -17.0], [180.0, -17.0], [180.0, -16.0], [west, -16.0], [west, -17.0]]],
+            [[[-180.0, -17.0], [east, -17.0], [east, -16.0], [-180.0, -16.0],
+              [-180.0, -17.0]]]]}
+    return item
+
+
+@pytest.mark.parametrize("bbox", [[179.5, -17.5, -179.5, -15.5],   # across 180
+                                  [179.2, -17.5, 179.9, -15.5],     # west of 180 only
+                                  [-179.9, -17.5, -179.2, -15.5]])  # east of 180 only
+def test_static_search_across_the_antimeridian(tmp_path, bbox):
+    """A bbox with west > east crosses 180 degrees: it is the two boxes either side of it,
+    never the inverted box from east to west (which holds the rest of the world)."""
+    items = [_box_item("fiji-west", 179.0, 179.95), _box_item("fiji-east", -179.95, -179.0),
+             _box_item("across", 179.8, -179.8), _box_item("across-bbox-only", 179.8, -179.8,
+                                                           geometry=False),
+             _box_item("at-19E", 19.0, 20.0)]
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    found = _ids(xcloud.search(path, bbox=bbox))
+    west_side, east_side = bbox[0] < 180 and bbox[0] > 0, bbox[2] < 0
+    expected = {"across", "across-bbox-only"}
+    expected |= {"fiji-west"} if west_side else set()
+    expected |= {"fiji-east"} if east_side else set()
+    assert found == expected

@@ -295,14 +295,25 @@ def _area(bbox: Sequence[float] | None, intersects: Mapping[str, Any] | None) ->
     shapely = import_optional("shapely.geometry", extra="geo")
     if intersects is not None:
         return shapely.shape(intersects)
-    return shapely.box(*bbox)
+    return _lonlat_box(bbox)
+
+
+def _lonlat_box(bbox: Sequence[float]) -> Any:
+    """A lon/lat box; one that crosses the antimeridian (west > east, as STAC writes it) is
+    the two boxes either side of 180 degrees."""
+    shapely = import_optional("shapely.geometry", extra="geo")
+    west, south, east, north = (float(v) for v in (*bbox[:2], *bbox[-2:]))
+    if west <= east:
+        return shapely.box(west, south, east, north)
+    return shapely.MultiPolygon([shapely.box(west, south, 180.0, north),
+                                 shapely.box(-180.0, south, east, north)])
 
 
 def _footprint(item: Any) -> Any:
     shapely = import_optional("shapely.geometry", extra="geo")
     if item.geometry:
         return shapely.shape(item.geometry)
-    return shapely.box(*item.bbox)
+    return _lonlat_box(item.bbox)
 
 
 def _parse_time(value: str | _datetime | None) -> _datetime | None:
