@@ -153,3 +153,37 @@ def test_the_read_settings_travel_with_the_graph(tmp_path):
         assert key.encode() in graph and value.encode() in graph
     assert b"requester_pays" in graph
     np.testing.assert_array_equal(data["B04"].values, load([document], bands=["B04"])["B04"].values)
+
+
+@pytest.mark.parametrize(("relative", "keys", "offset"), PROVIDERS,
+                         ids=[p[0].split("/")[-1][:36] for p in PROVIDERS])
+def test_load_carries_the_processing_level_and_baseline(relative, keys, offset, tmp_path):
+    """Every provider's real item says its level (product type, product name or collection)."""
+    document = localize(real_items(relative)[0], keys, tmp_path)
+    data = load([document], bands=list(keys)[:1], resolution=10, chunks=8)
+    expected = "L1C" if ("l1c" in relative.lower() or "L1C" in relative) else "L2A"
+    assert data.attrs["xcloud:processing_level"] == expected
+    baselines = data.attrs.get("xcloud:processing_baselines", [])
+    assert all(len(b) == 5 and b[2] == "." for b in baselines)
+    assert (offset == -0.1) <= any(b >= "04.00" for b in baselines) or not baselines
+
+
+def test_a_model_of_the_other_level_warns_or_raises_naming_the_right_models(tmp_path):
+    import xcloud
+    from xcloud.errors import ProcessingLevelError, ProcessingLevelWarning
+
+    relative, keys, _ = PROVIDERS[2]  # Earth Search L1C
+    keys = {"blue": "dn", "green": "dn", "red": "dn", "nir": "dn", "swir16": "dn",
+            "swir22": "dn"}
+    document = localize(real_items(relative)[0], keys, tmp_path)
+    data = load([document], bands=list(keys), resolution=10, chunks=8)
+    assert data.attrs["xcloud:processing_level"] == "L1C"
+    with pytest.warns(ProcessingLevelWarning, match=r"data are L1C .*ukis-6b-l1c"):
+        xcloud.predict(data, model="ukis-6b-l2a")
+    with pytest.raises(ProcessingLevelError, match="trained on L2A"):
+        xcloud.predict(data, model="ukis-6b-l2a", strict=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProcessingLevelWarning)
+        xcloud.predict(data, model="ukis-6b-l1c")  # the right level: no warning

@@ -25,6 +25,8 @@ __all__ = [
     "ModelOutputError",
     "NoItemsError",
     "OptionalDependencyError",
+    "ProcessingLevelError",
+    "ProcessingLevelWarning",
     "RadiometryError",
     "StacError",
     "StoreLockedError",
@@ -148,12 +150,20 @@ class AssetReadError(StacError, OSError):
     """An asset file of a STAC item cannot be read (missing, corrupt or truncated)."""
 
 
+class ProcessingLevelError(XcloudError, ValueError):
+    """With ``strict=True``: the data's processing level is not the model's."""
+
+
 class ModelOutputError(XcloudError, ValueError):
     """The model's output is not usable (e.g. not finite for many pixels of a chunk)."""
 
 
 class XcloudWarning(UserWarning):
     """Base class of xcloud's warnings."""
+
+
+class ProcessingLevelWarning(XcloudWarning):
+    """The data's processing level (L1C/L2A) is not the one the model was trained on."""
 
 
 class InvalidPixelsWarning(XcloudWarning):

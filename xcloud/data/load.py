@@ -45,14 +45,15 @@ from .._optional import import_optional
 from ..errors import AssetReadError, AssetReadWarning, StacError
 from .bands import SENTINEL2_BANDS, canonical_band_name
 from .items import as_items, common_bands, harmonize_item, item_radiometry
-from .radiometry import Radiometry
+from .radiometry import Radiometry, processing_baseline, processing_level
 
 DEFAULT_CHUNK = 1024
 """Spatial chunk in pixels (``load`` and ``predict``): a full 10 m tile in 1024 px chunks is
 masked in under 4 GiB, about as fast as in 2048 px chunks (benchmarks/bench_memory.py)."""
 
-__all__ = ["AWS_OPTIONS", "CLOUD_GDAL_OPTIONS", "DEFAULT_CHUNK", "SOURCE_ITEMS_ATTR",
-           "ReadFailure", "gdal_environment", "load", "take_read_failures"]
+__all__ = ["AWS_OPTIONS", "CLOUD_GDAL_OPTIONS", "DEFAULT_CHUNK", "PROCESSING_LEVEL_ATTR",
+           "SOURCE_ITEMS_ATTR", "ReadFailure", "gdal_environment", "load",
+           "take_read_failures"]
 
 CLOUD_GDAL_OPTIONS: dict[str, str] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing of the asset's folder per open
@@ -81,6 +82,8 @@ the transfer), ``region_name``, ``endpoint_url`` (an S3-compatible server), a pr
 with the Dask graph)."""
 
 SOURCE_ITEMS_ATTR = "source_items"
+PROCESSING_LEVEL_ATTR = "xcloud:processing_level"
+"""Attribute of loaded data: the items' processing level, ``"L1C"`` or ``"L2A"``."""
 """Dataset/mask attribute listing the ids of the STAC items the data came from."""
 
 _KERNEL_METHODS = ("bilinear", "sinc", "nearest")
@@ -470,7 +473,23 @@ def load(
     dataset = xr.concat(slices, dim="time", combine_attrs="override") if len(slices) > 1 \
         else slices[0]
     dataset.attrs[SOURCE_ITEMS_ATTR] = [item.id for group in groups for item in group]
+    dataset.attrs.update(_processing_attrs(harmonized))
     return dataset
+
+
+def _processing_attrs(items: Sequence[Any]) -> dict[str, Any]:
+    """The items' processing level (``L1C``/``L2A``; a list when they differ) and baselines,
+    for the checks of :func:`xcloud.predict` and for the record."""
+    levels = sorted({level for item in items
+                     if (level := processing_level(item.properties, item.collection_id))})
+    baselines = sorted({f"{b[0]:02d}.{b[1]:02d}" for item in items
+                        if (b := processing_baseline(item.properties)) is not None})
+    attrs: dict[str, Any] = {}
+    if levels:
+        attrs[PROCESSING_LEVEL_ATTR] = levels[0] if len(levels) == 1 else levels
+    if baselines:
+        attrs["xcloud:processing_baselines"] = baselines
+    return attrs
 
 
 def _band_names(bands: Sequence[str] | None, items: Sequence[Any]) -> list[str]:

@@ -34,6 +34,7 @@ __all__ = [
     "baseline_offset",
     "parse_baseline",
     "processing_baseline",
+    "processing_level",
 ]
 
 OFFSET_BASELINE = (4, 0)
@@ -87,6 +88,23 @@ def processing_baseline(properties: Mapping[str, Any]) -> tuple[int, int] | None
         match = _PRODUCT_BASELINE.search(str(properties.get(key, "")))
         if match:
             return int(match.group(1)), int(match.group(2))
+    return None
+
+
+_LEVEL_PATTERN = re.compile(r"(?:MSI|_|-|^)(L1C|L2A|1C|2A)(?:_|-|$)", re.IGNORECASE)
+
+
+def processing_level(properties: Mapping[str, Any], collection: str | None = None
+                     ) -> str | None:
+    """``"L1C"`` or ``"L2A"`` from an item's ``s2:product_type`` (S2MSI1C / S2MSI2A),
+    ``processing:level``, product name (``MSIL1C``) or collection id (``sentinel-2-l2a``);
+    ``None`` if none of them tells."""
+    candidates = [properties.get("s2:product_type"), properties.get("processing:level"),
+                  *(properties.get(key) for key in _PRODUCT_PROPERTIES), collection]
+    for value in candidates:
+        match = _LEVEL_PATTERN.search(str(value or "").replace("S2MSI", "MSI"))
+        if match:
+            return "L" + match.group(1).upper().removeprefix("L")
     return None
 
 

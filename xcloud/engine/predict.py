@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import math
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,11 +23,12 @@ from ..data.inputs import (
     spatial_dims,
     to_reflectance,
 )
-from ..data.load import DEFAULT_CHUNK, SOURCE_ITEMS_ATTR
+from ..data.load import DEFAULT_CHUNK, PROCESSING_LEVEL_ATTR, SOURCE_ITEMS_ATTR
+from ..errors import ProcessingLevelError, ProcessingLevelWarning
 from ..models.fetch import fetch_weights
 from ..models.protocol import ModelInfo
 from ..models.published import default_for
-from ..models.registry import ModelEntry, get, weights_origin
+from ..models.registry import ModelEntry, get, list_models, weights_origin
 from ..outputs.cf import mask_attrs, probability_attrs
 from . import tile_once
 from .blocks import BlockTask, predict_block
@@ -57,6 +59,28 @@ def _with_bands(entry: ModelEntry, bands: tuple[str, ...]) -> ModelInfo:
     if not bands or not all(isinstance(b, str) for b in bands):
         raise ValueError(f"bands= must list band names (e.g. ['B02', 'B03', 'B04']), got {bands!r}")
     return dataclasses.replace(entry.info, bands=bands)
+
+
+def _check_level(data: xr.Dataset | xr.DataArray, entry: ModelEntry, *, strict: bool) -> None:
+    """Warn (raise with ``strict``) when the items the data came from are of another
+    processing level than the model's: an L2A model on L1C data calls clear land cloud."""
+    level = data.attrs.get(PROCESSING_LEVEL_ATTR)
+    levels = {level} if isinstance(level, str) else set(level or ())
+    wrong = sorted(levels - {entry.info.level})
+    if not wrong:
+        return
+    others = [name for name in list_models()
+              if get(name).info.level in wrong and set(get(name).info.bands)
+              == set(entry.info.bands)] or [name for name in list_models()
+                                           if get(name).info.level in wrong][:4]
+    message = (f"the data are {' and '.join(wrong)} (from the STAC items' "
+               f"{PROCESSING_LEVEL_ATTR}) but model {entry.name!r} was trained on "
+               f"{entry.info.level}; its masks would be wrong (an L2A model on L1C data calls "
+               f"clear land cloud). Use a {'/'.join(wrong)} model: {', '.join(others)}")
+    if strict:
+        raise ProcessingLevelError(message)
+    warnings.warn(message + " (strict=True makes this an error)", ProcessingLevelWarning,
+                  stacklevel=3)
 
 
 def _check_default_weights(entry: ModelEntry, runtime: str) -> None:
@@ -215,7 +239,10 @@ def predict(
         For models that take any set of bands (SEnSeI-v2): the bands to give the model, in
         channel order (default: the model's own list). Models with a fixed layout refuse it.
     strict
-        Raise :class:`~xcloud.errors.ModelOutputError` where the model's output is not finite
+        Raise :class:`~xcloud.errors.ProcessingLevelError` when the data's processing level
+        (``xcloud:processing_level``, set by :func:`xcloud.load` from the items) is not the
+        model's (by default a :class:`~xcloud.errors.ProcessingLevelWarning`), and
+        :class:`~xcloud.errors.ModelOutputError` where the model's output is not finite
         for more than 1 % of a chunk's valid pixels; by default such pixels are no data (never
         a class), reported with a warning and, for a computed result, counted in the
         ``xcloud:nonfinite_pixels`` attribute.
@@ -236,6 +263,7 @@ def predict(
         raise ValueError(f"invalid must be 'raise' or 'nodata', got {invalid!r}")
     entry = get(model)
     info = entry.info
+    _check_level(data, entry, strict=strict)
     if info.needs_weights_file and weights is None:
         _check_default_weights(entry, runtime)
     chosen = tuple(bands) if bands is not None else None
