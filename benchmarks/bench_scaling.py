@@ -154,8 +154,8 @@ def agreement(store: Path, reference: Path) -> str:
     """Share of pixels whose class equals the reference mask's."""
     import xarray as xr
 
-    ours = xr.open_zarr(store)["cloudmask"].values
-    theirs = xr.open_zarr(reference)["cloudmask"].values
+    ours = xr.open_zarr(store)["cloud_mask"].values
+    theirs = xr.open_zarr(reference)["cloud_mask"].values
     equal = float(np.mean(ours == theirs))
     return "identical" if equal == 1.0 else f"{100 * equal:.2f} %"
 

@@ -169,7 +169,7 @@ def test_unreadable_asset_becomes_no_data_and_is_reported(local_item, tmp_path):
     assert stored.attrs["xcloud:read_failures"] == {
         "count": 4, "items": [local_item["id"]], "assets": [f"{local_item['id']}:B04"]}
     nodata = mask.attrs["nodata"]
-    assert (np.asarray(stored["cloudmask"]) == nodata).all()  # never "clear"
+    assert (np.asarray(stored["cloud_mask"]) == nodata).all()  # never "clear"
     assert (intact != nodata).sum() > SIZE_10M**2 // 3  # the intact item has valid pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AssetReadWarning)
@@ -219,7 +219,7 @@ def slowed(scene, band: str, seconds: float):
 
 
 def wait_for_markers(store: Path, count: int, job) -> int:
-    markers = store / ".xcloud" / "done" / "_root" / "cloudmask"
+    markers = store / ".xcloud" / "done" / "_root" / "cloud_mask"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not job.done():
         found = len(os.listdir(markers)) if markers.is_dir() else 0

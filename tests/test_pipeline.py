@@ -92,7 +92,8 @@ def test_cli_predict(stac_api, served_item, tmp_path, capsys):
     assert code == 0, captured.err
     stored = xr.open_zarr(store)
     assert "masks:" in out and "clear" in out
-    assert stored["cloudmask"].sizes["x"] < 1536 / 2  # cropped to the bbox
+    assert stored.cloud_mask.sizes["x"] < 1536 / 2  # cropped to the bbox (the name is not the
+    # accessor's: xr.open_zarr(store).cloud_mask is the mask)
 
 
 def test_demo_runs_the_whole_job(tmp_path, capsys, monkeypatch):

@@ -474,3 +474,27 @@ def test_interrupted_level_write_is_resumed(tmp_path, monkeypatch):
     xr.testing.assert_identical(load(store, group="r20m"), load(reference, group="r20m"))
     attrs = dict(zarr.open_group(str(store)).attrs)
     assert attrs == dict(zarr.open_group(str(reference)).attrs)
+
+
+def test_the_stored_mask_is_not_hidden_by_the_accessor(tmp_path):
+    """xr.open_zarr(store).cloudmask is the accessor: the variable is named cloud_mask."""
+    from xcloud.synthetic import synthetic_scene
+
+    mask = synthetic_scene(64, seed=2).cloudmask.predict(model="s2cloudless")
+    assert mask.name == "cloud_mask"
+    to_zarr(mask, tmp_path / "m.zarr")
+    stored = xr.open_zarr(tmp_path / "m.zarr")
+    assert stored.cloud_mask.attrs["flag_meanings"] == mask.attrs["flag_meanings"]
+    np.testing.assert_array_equal(stored.cloud_mask.values.reshape(mask.shape), mask.values)
+
+
+def test_a_store_of_the_old_name_takes_appends_under_its_name(tmp_path):
+    """Stores written before the rename hold 'cloudmask': new masks append to it."""
+    store = tmp_path / "m.zarr"
+    to_zarr(synthetic_mask(times=(T0,)), store)  # named 'cloudmask', as before
+    summary = to_zarr(synthetic_mask(times=(T1,)).rename("cloud_mask"), store)
+    assert summary.times_appended == 1
+    reference = tmp_path / "reference.zarr"
+    to_zarr(synthetic_mask(times=(T0, T1)), reference)
+    xr.testing.assert_identical(load(store), load(reference))
+    assert list(load(store).data_vars) == ["cloudmask"]

@@ -29,8 +29,8 @@ from ..models.fetch import fetch_weights
 from ..models.protocol import ModelInfo
 from ..models.published import default_for
 from ..models.registry import ModelEntry, get, list_models, weights_origin
-from ..outputs.cf import mask_attrs, probability_attrs
 from . import tile_once
+from .attributes import MASK_VARIABLE, PROBABILITY_VARIABLE, mask_attrs, probability_attrs
 from .blocks import BlockTask, predict_block
 from .cache import ModelSpec
 from .checks import take_counts
@@ -154,11 +154,11 @@ def _wrap(result: da.Array, cube: xr.DataArray, info: ModelInfo, output: str,
     if output == "proba":
         dims = [*leading, "class", ydim, xdim]
         coords["class"] = list(info.scheme.names)
-        array = xr.DataArray(result, dims=dims, coords=coords, name="cloud_probability")
+        array = xr.DataArray(result, dims=dims, coords=coords, name=PROBABILITY_VARIABLE)
         array.attrs.update(probability_attrs(info))
     else:
         array = xr.DataArray(result, dims=[*leading, ydim, xdim], coords=coords,
-                             name="cloudmask")
+                             name=MASK_VARIABLE)
         array.attrs.update(mask_attrs(info))
     if "spatial_ref" in cube.coords:
         array.attrs["grid_mapping"] = "spatial_ref"

@@ -39,7 +39,9 @@ import xarray as xr
 
 from .._optional import import_optional
 from .._paths import safe_name
+from .._version import __version__
 from ..data.load import SOURCE_ITEMS_ATTR
+from ..engine.attributes import MASK_VARIABLE
 from ..errors import CrsError, StacError
 from .store import StoreLocation, store_location
 from .zarr import grid_transform
@@ -346,7 +348,7 @@ def _as_dataset(mask: xr.DataArray | xr.Dataset | str | os.PathLike[str]) -> xr.
     if isinstance(mask, xr.Dataset):
         return mask
     if isinstance(mask, xr.DataArray):
-        return mask.to_dataset(name=mask.name or "cloudmask", promote_attrs=True)
+        return mask.to_dataset(name=mask.name or MASK_VARIABLE, promote_attrs=True)
     return xr.open_zarr(mask)
 
 
@@ -410,8 +412,6 @@ def _default_id(href: str) -> str:
 
 
 def _properties(attrs: Mapping[str, Any], gsd: float) -> dict[str, Any]:
-    from .. import __version__
-
     version = str(attrs.get("xcloud_version", __version__))
     properties: dict[str, Any] = {"gsd": gsd, "processing:software": {"xcloud": version}}
     if "model" in attrs:

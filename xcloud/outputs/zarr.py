@@ -94,6 +94,7 @@ import xarray as xr
 
 from .._optional import import_optional
 from ..data.load import SOURCE_ITEMS_ATTR, ReadFailure, take_read_failures
+from ..engine.attributes import MASK_VARIABLE, MASK_VARIABLE_NAMES
 from ..engine.batches import compute_in_batches
 from ..errors import StoreWriteError, ZarrStoreError
 from .lease import DEFAULT_LEASE_TTL, Lease, hold_lease
@@ -284,6 +285,7 @@ def to_zarr(
             _remove_store(location)
         writer = _Writer(location, location.zarr_store(), _store_format(location, zarr_format),
                          scheduler, progress, lease)
+        dataset = _named_like_store(writer, dataset)
         base = _write_group(writer, "", dataset, sources=sources)
         levels = _write_levels(writer, factors)
         results = [base, *(result for _, result in levels)]
@@ -312,7 +314,7 @@ def _check_factors(factors: Sequence[int]) -> tuple[int, ...]:
 
 def _prepare(mask: xr.DataArray | xr.Dataset) -> tuple[xr.Dataset, list[str]]:
     if isinstance(mask, xr.DataArray):
-        mask = mask.to_dataset(name=mask.name or "cloudmask", promote_attrs=False)
+        mask = mask.to_dataset(name=mask.name or MASK_VARIABLE, promote_attrs=False)
     dataset = mask.copy()  # new attribute dicts: the caller's stay as they are
     sources = _merge_ids(dataset.attrs.get(SOURCE_ITEMS_ATTR, ()),
                          *(v.attrs.get(SOURCE_ITEMS_ATTR, ()) for v in dataset.data_vars.values()))
@@ -491,6 +493,19 @@ def _update_attrs(writer: _Writer, group: str, updates: Mapping[str, Any] = (),
     node = _open(writer, group)
     attrs = {k: v for k, v in node.attrs.items() if k not in remove}
     node.attrs.put({**attrs, **dict(updates)})
+
+
+def _named_like_store(writer: _Writer, dataset: xr.Dataset) -> xr.Dataset:
+    """A mask appended to a store written before xcloud named its variable ``cloud_mask``
+    (``cloudmask``, the accessor's name) keeps the store's name."""
+    if not _is_group(writer.location) or len(dataset.data_vars) != 1:
+        return dataset
+    stored = list(_read(writer, "").data_vars)
+    name = next(iter(dataset.data_vars))
+    pair = {name, *stored}
+    if len(stored) == 1 and stored[0] != name and pair <= set(MASK_VARIABLE_NAMES):
+        return dataset.rename({name: stored[0]})
+    return dataset
 
 
 def _read(writer: _Writer, group: str) -> xr.Dataset:
