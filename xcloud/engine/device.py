@@ -8,14 +8,19 @@ __all__ = ["limit_torch_threads", "resolve_device", "threads_per_task"]
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` becomes ``"cuda"`` when torch sees a CUDA device, else ``"cpu"``."""
-    if device != "auto":
-        return device
+    """``"auto"`` becomes ``"cuda"`` when torch sees a CUDA device, else ``"cpu"``; any other
+    value must be a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...), else a
+    ``ValueError`` naming ``device=`` before any task runs."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
+        torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r} is not a torch device ({error}); pass 'auto', "
+                         "'cpu', 'cuda' or 'cuda:N'") from None
+    return device
 
 
 def _cpu_count() -> int:
