@@ -160,3 +160,33 @@ def test_plots_without_matplotlib_name_the_extra(mask, monkeypatch, tmp_path):
         save_plot(tmp_path / "mask.png", mask)
     assert not (tmp_path / "mask.png").exists()
     assert mask.cloudmask.fraction().sizes["class"] == 3  # fractions need no matplotlib
+
+
+# -- issue 18: edges and legend -----------------------------------------------------------------
+
+def test_quicklook_outlines_classes_and_has_a_legend_strip(mask, scene):
+    """A class tinted in its colour over the same colour hides the mask's edge: each class is
+    outlined in a strong colour, and a strip under the image names the classes."""
+    from xcloud.outputs.quicklook import quicklook_rgba
+
+    frame = mask.isel(time=[1])  # left half clear, right half cloud shadow (from column 32)
+    plain = quicklook_rgba(frame, scene)
+    with_legend = quicklook_rgba(frame, scene, legend=True)
+    shadow_outline = [255, 43, 214]
+    np.testing.assert_array_equal(plain[:, SIZE // 2, :3], np.tile(shadow_outline, (SIZE, 1)))
+    assert not (plain[:, SIZE // 2 + 4, :3] == shadow_outline).all(axis=1).any()  # inside
+    assert not (plain[:, SIZE // 2 - 1, :3] == shadow_outline).all(axis=1).any()  # clear side
+    assert with_legend.shape[0] > plain.shape[0] and with_legend.shape[1] == plain.shape[1]
+    np.testing.assert_array_equal(with_legend[:plain.shape[0]], plain)
+    strip = with_legend[plain.shape[0]:]
+    colours = {tuple(c) for c in strip[..., :3].reshape(-1, 3)}
+    assert tuple(shadow_outline) in colours and len(colours) > 8  # swatches and the text
+
+
+def test_plot_axes_name_the_crs(mask, scene):
+    from xcloud.outputs.plot import plot_mask
+
+    pytest.importorskip("rioxarray")
+    ax = plot_mask(mask.rio.write_crs(32633), scene)
+    assert ax.get_xlabel() == "x (EPSG:32633, metre)" and ax.get_ylabel().startswith("y (EPSG")
+    plt.close("all")

@@ -22,7 +22,7 @@ import xarray as xr
 
 from .._optional import import_optional
 from ..errors import DatasetError
-from .quicklook import _CLEAR, _RGB_BANDS, _stride, quicklook_rgba
+from .quicklook import CLEAR_CLASSES, RGB_BANDS, quicklook_rgba, subsample_step
 
 __all__ = ["class_fractions", "plot_mask", "save_plot"]
 
@@ -83,7 +83,7 @@ def plot_mask(
         background = _at_time(data, frame.coords.get("time"))
         image = quicklook_rgba(frame, background, max_size=max_size, alpha=alpha,
                                brightness=brightness)
-        hollow = _CLEAR
+        hollow = CLEAR_CLASSES
     else:
         image, hollow = _class_map(frame, colors, max_size), ()
     if ax is None:
@@ -95,11 +95,31 @@ def plot_mask(
     if extent is not None:  # a few map coordinates in full, not as offsets from 5.8e6
         ax.ticklabel_format(style="plain", useOffset=False)
         ax.locator_params(nbins=4)
+        _label_axes(ax, frame)
     ax.set_title(_title(frame) if title is None else title)
     if legend:
         ax.legend(handles=_patches(names, colors, hollow), loc="upper left",
                   bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, title="classes")
     return ax
+
+
+def _label_axes(ax: Any, frame: xr.DataArray) -> None:
+    """Axis labels that say which coordinates these are (the CRS and its unit)."""
+    crs = None
+    try:
+        import rioxarray  # noqa: F401
+
+        crs = frame.rio.crs
+    except ImportError:  # pragma: no cover - rioxarray comes with the geo extra
+        pass
+    if crs is None:
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        return
+    unit = crs.linear_units if crs.is_projected else "degrees"
+    name = crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
+    ax.set_xlabel(f"x ({name}, {unit})")
+    ax.set_ylabel(f"y ({name}, {unit})")
 
 
 def save_plot(path: str | os.PathLike[str], mask: xr.DataArray,
@@ -210,14 +230,14 @@ def _title(frame: xr.DataArray) -> str:
 
 
 def _has_rgb(data: xr.Dataset | None) -> bool:
-    return data is not None and all(any(n in data for n in names) for names in _RGB_BANDS)
+    return data is not None and all(any(n in data for n in names) for names in RGB_BANDS)
 
 
 def _class_map(frame: xr.DataArray, colors: list[str], max_size: int) -> np.ndarray:
     """(H, W, 4) float image of every class in its colour (transparent for other values)."""
     from matplotlib.colors import to_rgba_array
 
-    step = _stride(frame.shape, max_size)
+    step = subsample_step(frame.shape, max_size)
     labels = np.asarray(frame.values[::step, ::step])
     image = np.zeros((*labels.shape, 4))
     for value, rgba in zip(np.atleast_1d(frame.attrs["flag_values"]), to_rgba_array(colors),

@@ -1,6 +1,10 @@
 """Quick-look PNG: true-colour reflectance with the mask's classes drawn in their colours.
 
-Written with numpy and zlib only (no imaging library needed), small enough to open anywhere.
+Each class other than clear is tinted in its colour *and outlined* in a strong colour of its
+own (a white cloud tinted white over a white cloud would not show where the mask ends), and a
+legend strip under the image names each class with its swatch and its share of the valid
+pixels. Written with numpy and zlib; the legend's text is drawn with Pillow when it is
+installed (it comes with the ``plot`` extra), else the strip shows the swatches alone.
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ import xarray as xr
 
 from .store import store_location
 
-__all__ = ["quicklook_rgba", "write_png", "write_quicklook"]
+__all__ = ["CLEAR_CLASSES", "RGB_BANDS", "quicklook_rgba", "subsample_step", "write_png",
+           "write_quicklook"]
 
-_RGB_BANDS = (("B04", "red"), ("B03", "green"), ("B02", "blue"))
-_CLEAR = {"clear", "land", "water", "snow"}
+RGB_BANDS = (("B04", "red"), ("B03", "green"), ("B02", "blue"))
+"""The true-colour bands (red, green, blue), each by its names."""
+CLEAR_CLASSES = frozenset({"clear", "land", "water", "snow"})
+"""Classes left unpainted over the true colour."""
+# outlines: strong colours that stand out on clouds, shadows and land alike, by class name
+_OUTLINES = {"cloud": "#ffd400", "thick_cloud": "#ffd400", "semi_transparent_cloud": "#00e5ff",
+             "thin_cloud": "#00e5ff", "cloud_shadow": "#ff2bd6", "undefined": "#ff7f00",
+             "missing": "#ff0000", "no_data": "#ff0000"}
+_OTHER_OUTLINES = ("#7fff00", "#ff7f00", "#00bfff", "#ff1493")
+_LEGEND_ROW = 18
 
 
 def _hex_rgb(color: str) -> tuple[int, int, int]:
@@ -28,13 +41,14 @@ def _hex_rgb(color: str) -> tuple[int, int, int]:
     return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
 
 
-def _stride(shape: tuple[int, ...], max_size: int) -> int:
+def subsample_step(shape: tuple[int, ...], max_size: int) -> int:
+    """Every how many pixels to take so that the longest side is at most ``max_size``."""
     return max(1, int(np.ceil(max(shape[-2:]) / max_size)))
 
 
 def _true_colour(data: xr.Dataset, step: int, brightness: float) -> np.ndarray | None:
     layers = []
-    for names in _RGB_BANDS:
+    for names in RGB_BANDS:
         name = next((n for n in names if n in data), None)
         if name is None:
             return None
@@ -47,14 +61,16 @@ def _true_colour(data: xr.Dataset, step: int, brightness: float) -> np.ndarray |
 
 def quicklook_rgba(mask: xr.DataArray, data: xr.Dataset | None = None, *,
                    max_size: int = 1024, alpha: float = 0.55,
-                   brightness: float = 0.3) -> np.ndarray:
+                   brightness: float = 0.3, legend: bool = False) -> np.ndarray:
     """An (H, W, 4) uint8 image: true colour (grey if ``data`` has no RGB) under the classes.
 
     Clear classes stay transparent; every other class of the mask's ``flag_values`` is blended
-    in its ``flag_colors`` colour; no data is black.
+    in its ``flag_colors`` colour and outlined (1 px) in a strong colour of its own; no data
+    is black. ``legend`` adds a strip under the image naming each class with its swatch and
+    share of the pixels.
     """
     labels = mask.isel(time=0) if "time" in mask.dims else mask
-    step = _stride(labels.shape, max_size)
+    step = subsample_step(labels.shape, max_size)
     values = np.asarray(labels.values[::step, ::step])
     base = _true_colour(data, step, brightness) if data is not None else None
     if base is None:
@@ -62,16 +78,63 @@ def quicklook_rgba(mask: xr.DataArray, data: xr.Dataset | None = None, *,
     image = base.astype(np.float32)
     meanings = str(mask.attrs.get("flag_meanings", "")).split()
     colors = str(mask.attrs.get("flag_colors", "")).split()
-    for value, name, color in zip(mask.attrs.get("flag_values", []), meanings, colors,
-                                  strict=False):
+    classes = list(zip(mask.attrs.get("flag_values", []), meanings, colors, strict=False))
+    for index, (value, name, color) in enumerate(classes):
         where = values == value
-        if name in _CLEAR or not where.any():
+        if name in CLEAR_CLASSES or not where.any():
             continue
-        weight = 1.0 if name == "no_data" else alpha
+        weight = 1.0 if name in ("no_data", "missing") else alpha
         image[where] = (1 - weight) * image[where] + weight * np.array(_hex_rgb(color))
+        outline = _OUTLINES.get(name, _OTHER_OUTLINES[index % len(_OTHER_OUTLINES)])
+        image[_edges(where)] = _hex_rgb(outline)
     rgba = np.concatenate([image.astype(np.uint8), np.full((*values.shape, 1), 255, np.uint8)],
                           axis=-1)
+    if legend and classes:
+        rgba = np.concatenate([rgba, _legend_strip(values, classes, rgba.shape[1])], axis=0)
     return rgba
+
+
+def _edges(where: np.ndarray) -> np.ndarray:
+    """Pixels of ``where`` with a 4-neighbour outside it (the region's outline, 1 px)."""
+    padded = np.pad(where, 1, mode="edge")
+    inside = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return where & ~inside
+
+
+def _legend_strip(values: np.ndarray, classes: list[tuple[Any, str, str]],
+                  width: int) -> np.ndarray:
+    """Rows under the image: per class a swatch (fill and outline colour) and its name with
+    its share of the valid pixels (of all pixels for no data)."""
+    nodata = {value for value, name, _ in classes if name in ("no_data", "missing")}
+    valid = max(1, int(np.isin(values, list(nodata), invert=True).sum()))
+    entries = []
+    for index, (value, name, color) in enumerate(classes):
+        count = int((values == value).sum())
+        share = 100 * count / (values.size if value in nodata else valid)
+        outline = (color if name in CLEAR_CLASSES
+                   else _OUTLINES.get(name, _OTHER_OUTLINES[index % len(_OTHER_OUTLINES)]))
+        entries.append((f"{name} {share:.1f}%", _hex_rgb(color), _hex_rgb(outline)))
+    per_row = max(1, width // 150)
+    rows = -(-len(entries) // per_row)
+    strip = np.full((rows * _LEGEND_ROW + 4, width, 4), (24, 24, 24, 255), np.uint8)
+    for k, (_, fill, outline) in enumerate(entries):
+        top, left = 3 + (k // per_row) * _LEGEND_ROW, 4 + (k % per_row) * (width // per_row)
+        strip[top:top + 12, left:left + 12, :3] = outline
+        strip[top + 2:top + 10, left + 2:left + 10, :3] = fill
+    return _legend_text(strip, [text for text, _, _ in entries], per_row, width)
+
+
+def _legend_text(strip: np.ndarray, texts: list[str], per_row: int, width: int) -> np.ndarray:
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:  # the swatches alone; `pip install 'xcloud[plot]'` adds the names
+        return strip
+    picture = Image.fromarray(strip, "RGBA")
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    for k, text in enumerate(texts):
+        top, left = 1 + (k // per_row) * _LEGEND_ROW, 20 + (k % per_row) * (width // per_row)
+        draw.text((left, top), text, fill=(235, 235, 235, 255), font=font)
+    return np.asarray(picture)
 
 
 def write_png(path: str | os.PathLike[str], rgba: np.ndarray, *,
@@ -104,10 +167,11 @@ def write_png(path: str | os.PathLike[str], rgba: np.ndarray, *,
 def write_quicklook(path: str | os.PathLike[str], mask: xr.DataArray,
                     data: xr.Dataset | None = None, *, max_size: int = 1024,
                     storage_options: Mapping[str, Any] | None = None) -> Path | str:
-    """Render :func:`quicklook_rgba` of the first time step and write it as PNG.
+    """Render :func:`quicklook_rgba` of the first time step, with its legend strip, and write
+    it as PNG.
 
     ``path`` may be a URL (``s3://...`` with ``storage_options``), e.g. beside a store in a
     bucket.
     """
-    return write_png(path, quicklook_rgba(mask, data, max_size=max_size),
+    return write_png(path, quicklook_rgba(mask, data, max_size=max_size, legend=True),
                      storage_options=storage_options)
