@@ -155,6 +155,7 @@ def test_demo_plot_writes_a_quicklook_with_legend(tmp_path, capsys, monkeypatch)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert f"quick-look with legend: {png}" in out
     assert "% of the valid pixels" in out and "% of all pixels" in out
+    _matches_the_readme(out, tmp_path)
     # run again: nothing to compute, and it says so rather than a throughput
     assert main(["demo", "--out", str(tmp_path), "--chunk", "768", "--quiet"]) == 0
     again = capsys.readouterr().out
@@ -363,3 +364,25 @@ def test_library_advice_is_given_in_the_command_lines_words():
     assert _cli_words("pass weights=PATH to the file") == "pass --weights PATH to the file"
     assert _cli_words("weights='x.hdf5' cannot be read") == "--weights 'x.hdf5' cannot be read"
     assert _cli_words("storage_options=") == "storage_options="
+
+
+def _matches_the_readme(printed: str, folder) -> None:
+    """What the README says the demo prints and writes is what it prints and writes: the
+    same lines (numbers and paths aside; the class shares exactly) and the same files."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("It prints what it did", 1)[1].split("```", 2)[1].strip().splitlines()
+
+    def shape(line: str) -> str:
+        line = re.sub(r"\([^)]*/[^)]*\)", "(PATH)", line.strip())  # where the scene lies
+        line = re.sub(r"\S*/(\S+?)([);,]?)(?=\s|$)", r"\1\2", line)  # paths: last part
+        return re.sub(r"\d+(\.\d+)?", "#", line)
+
+    lines = [line for line in printed.splitlines() if not line.startswith("quick-look with")]
+    assert [shape(line) for line in lines] == [shape(line) for line in block]
+    shares = [line for line in block if "% of the valid pixels" in line]
+    assert shares and all(line in printed for line in shares)
+    for name in ("catalog", "masks.zarr", "masks.json", "quicklook.png"):
+        assert (folder / name).exists(), name
