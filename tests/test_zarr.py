@@ -93,19 +93,19 @@ def test_round_trip_keeps_values_coords_crs_and_attributes(predicted, tmp_path, 
     assert (summary.chunks_written, summary.chunks_skipped, summary.times_appended) == (4, 0, 1)
     back = xr.open_zarr(store, decode_coords="all")
     expected = predicted.compute()
-    np.testing.assert_array_equal(back["cloudmask"].values, expected.values)
-    assert back["cloudmask"].dtype == np.uint8
+    np.testing.assert_array_equal(back["cloud_mask"].values, expected.values)
+    assert back["cloud_mask"].dtype == np.uint8
     for name in ("time", "x", "y"):
         np.testing.assert_array_equal(back[name].values, expected[name].values)
-    assert back.rio.crs.to_epsg() == 32633 == back["cloudmask"].rio.crs.to_epsg()
-    assert back["cloudmask"].rio.transform() == expected.rio.transform()
+    assert back.rio.crs.to_epsg() == 32633 == back["cloud_mask"].rio.crs.to_epsg()
+    assert back["cloud_mask"].rio.transform() == expected.rio.transform()
     assert back["spatial_ref"].attrs["crs_wkt"] == expected["spatial_ref"].attrs["crs_wkt"]
     attrs = {k: v for k, v in expected.attrs.items() if k != "source_items"}
-    assert back["cloudmask"].attrs == {k: v for k, v in attrs.items() if k != "grid_mapping"}
-    assert back["cloudmask"].encoding["grid_mapping"] == "spatial_ref"
+    assert back["cloud_mask"].attrs == {k: v for k, v in attrs.items() if k != "grid_mapping"}
+    assert back["cloud_mask"].encoding["grid_mapping"] == "spatial_ref"
     assert back.attrs["source_items"] == ["S2B_33UUU_20240601_0_L1C"]
     assert back.attrs["xcloud:complete"] is True
-    assert back["cloudmask"].encoding["chunks"] == (1, 64, 64)
+    assert back["cloud_mask"].encoding["chunks"] == (1, 64, 64)
     assert predicted.attrs["source_items"] == ["S2B_33UUU_20240601_0_L1C"]  # caller's untouched
 
 
@@ -115,8 +115,8 @@ def test_metadata_is_consolidated_and_write_state_removed(predicted, tmp_path, z
     to_zarr(predicted, store, zarr_format=zarr_format)
     group = zarr.open_consolidated(str(store), zarr_format=zarr_format)
     assert group.metadata.consolidated_metadata is not None
-    assert "cloudmask" in group.metadata.consolidated_metadata.metadata
-    assert load(store, consolidated=True)["cloudmask"].shape == (1, 128, 128)
+    assert "cloud_mask" in group.metadata.consolidated_metadata.metadata
+    assert load(store, consolidated=True)["cloud_mask"].shape == (1, 128, 128)
     assert not state_dir(store).exists()
     assert not list(store.rglob("*.partial"))
 
@@ -498,3 +498,29 @@ def test_a_store_of_the_old_name_takes_appends_under_its_name(tmp_path):
     to_zarr(synthetic_mask(times=(T0, T1)), reference)
     xr.testing.assert_identical(load(store), load(reference))
     assert list(load(store).data_vars) == ["cloudmask"]
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_marker_without_its_chunk_object_is_not_trusted(tmp_path, zarr_format):
+    """Resuming checks that each marked chunk's object exists: a chunk object lost after its
+    marker is computed again, never read as the fill value; and every chunk is stored, even
+    one that is all no data, so that a missing object always means a lost chunk."""
+    empty_mask = synthetic_mask(times=(T0,))
+    empty_mask = empty_mask.copy(data=empty_mask.data * 0 + 255)
+    to_zarr(empty_mask, tmp_path / "empty.zarr", zarr_format=zarr_format)
+    assert all(chunk_file(tmp_path / "empty.zarr", f"0.{i}.{j}", zarr_format).is_file()
+               for i in range(3) for j in range(3))
+
+    store = tmp_path / "killed.zarr"
+    process = start_writer(tmp_path, store, zarr_format)
+    done = kill_after_markers(process, state_dir(store) / "done" / "_root" / "cloudmask",
+                              count=4)
+    everything = {f"{t}.{i}.{j}" for t in range(2) for i in range(3) for j in range(3)}
+    lost = sorted(done)[0]
+    chunk_file(store, lost, zarr_format).unlink()  # its marker stays
+    calls = []
+    to_zarr(synthetic_mask(calls=calls), store, scheduler="synchronous")
+    assert chunk_keys(calls, (T0, T1)) == (everything - done) | {lost}
+    reference = tmp_path / "reference.zarr"
+    to_zarr(synthetic_mask(), reference, zarr_format=zarr_format)
+    xr.testing.assert_identical(load(store), load(reference))

@@ -500,10 +500,10 @@ def _named_like_store(writer: _Writer, dataset: xr.Dataset) -> xr.Dataset:
     (``cloudmask``, the accessor's name) keeps the store's name."""
     if not _is_group(writer.location) or len(dataset.data_vars) != 1:
         return dataset
-    stored = list(_read(writer, "").data_vars)
     name = next(iter(dataset.data_vars))
-    pair = {name, *stored}
-    if len(stored) == 1 and stored[0] != name and pair <= set(MASK_VARIABLE_NAMES):
+    arrays = set(_open(writer, "", mode="r").array_keys())  # read whatever state it is in
+    stored = [n for n in MASK_VARIABLE_NAMES if n in arrays]
+    if name in MASK_VARIABLE_NAMES and len(stored) == 1 and stored[0] != name:
         return dataset.rename({name: stored[0]})
     return dataset
 
@@ -746,6 +746,9 @@ def _write_chunk(block: np.ndarray, target: _ChunkTarget) -> int:
     try:
         array = _zarr().open_array(location.zarr_store(), path=target.array, mode="r+",
                                    zarr_format=target.zarr_format)
+        # write the chunk's object even when all of it is the fill value, so that resuming
+        # can tell a written chunk (marker and object) from a lost one (marker alone)
+        array = array.with_config({"write_empty_chunks": True})
         array[target.region] = np.asarray(block)
     except (OSError, RuntimeError, TimeoutError) as error:
         raise StoreWriteError(f"could not write the chunk [{region}] of {target.array!r} to "
@@ -802,14 +805,24 @@ def _read_failures_attr(previous: Mapping[str, Any] | None,
     }
 
 
+def _stored_chunks(writer: _Writer, array_path: str) -> set[str]:
+    """Keys (``t.i.j``) of the chunk objects an array holds (format 2 ``0.1.2``, format 3
+    ``c/0/1/2``); one listing (a miss only rewrites a chunk)."""
+    found = writer.location.find(array_path)
+    if writer.zarr_format == 3:
+        return {p[2:].replace("/", ".") for p in found if p.startswith("c/")}
+    return {p for p in found if p and p[0].isdigit()}
+
+
 def _chunk_tasks(writer: _Writer, group: str, name: str, data: da.Array, dims: Sequence[str],
                  time_start: int) -> tuple[list[Any], int]:
     done_prefix = f"{writer.markers(group)}/{name}"
-    done = set(writer.location.list(done_prefix))  # see the module docstring: misses are safe
+    array_path = f"{group}/{name}" if group else name
+    # a marker is trusted only with its chunk's object: every chunk is written, empty or not
+    done = set(writer.location.list(done_prefix)) & _stored_chunks(writer, array_path)
     offsets = [time_start if dim == APPEND_DIM else 0 for dim in dims]
     starts = [np.cumsum((0, *c)).tolist() for c in data.chunks]
     blocks = data.to_delayed().reshape(data.numblocks)
-    array_path = f"{group}/{name}" if group else name
     tasks, skipped = [], 0
     for index in np.ndindex(*data.numblocks):
         key = ".".join(str(i + o) for i, o in zip(index, offsets, strict=True))
