@@ -157,12 +157,16 @@ def test_predict_on_a_cli_cluster_reads_http_fetches_weights_per_worker_writes_s
     worker_caches = [d / "home" / ".cache" / "xcloud" / "weights" for d in cluster.worker_dirs]
     outputs = [p for p in new if not any(c in p.parents for c in worker_caches)]
     assert outputs == [], outputs
-    # each worker fetched the weights once, into its own cache; the client never did
+    # each worker that ran a chunk fetched the weights once, into its own cache (the
+    # scheduler may give one worker every chunk); the client never did
+    fetched = 0
     for cache in worker_caches:
         copies = sorted(cache.rglob(weights.name))
-        assert len(copies) == 1 and file_sha256(copies[0]) == digest, cache
+        assert len(copies) <= 1 and all(file_sha256(c) == digest for c in copies), cache
+        fetched += len(copies)
+    assert fetched >= 1
     weight_gets = [r for r in server.requests(weights.name) if r.method == "GET"]
-    assert sum(r.bytes_sent for r in weight_gets) == 2 * weights.stat().st_size
+    assert sum(r.bytes_sent for r in weight_gets) == fetched * weights.stat().st_size
     assert not (Path(os.environ["XCLOUD_CACHE_DIR"]) / "urls").exists()
     with Client(cluster.address) as client:
         counts = client.run(xcloud.load_counts)
