@@ -13,6 +13,8 @@ Importing xcloud registers the ``.cloudmask`` accessor on xarray objects::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import accessor as _accessor  # noqa: F401  (registers .cloudmask)
 from . import errors, models
 from ._version import __version__
@@ -23,15 +25,20 @@ from .outputs.stac import write_item
 from .outputs.zarr import to_zarr
 from .pipeline import mask_items
 
+if TYPE_CHECKING:
+    # type checkers see the real signature; at run time torch is imported on the first call
+    from .training.train import train
+else:
 
-def train(*args: object, **kwargs: object) -> object:
-    """Train KappaMask on KappaSet tiles, or SEnSeI-v2 on partial labels of any scheme.
+    def train(*args: Any, **kwargs: Any) -> Any:
+        """Train KappaMask on KappaSet tiles, or SEnSeI-v2 on partial labels of any scheme.
 
-    See :func:`xcloud.training.train.train`.
-    """
-    from .training.train import train as _train
+        See :func:`xcloud.training.train.train`.
+        """
+        from .training.train import train as _train
 
-    return _train(*args, **kwargs)
+        return _train(*args, **kwargs)
+
 
 __all__ = [
     "__version__",

@@ -85,7 +85,7 @@ def _weights_status(info: Any) -> str:
         extra = _extra_of(dist)
         install = f"xcloud[{extra}]" if extra else dist
         return f"missing package (pip install '{install}')"
-    installed = any(f.name == name and f.locate().exists() for f in found)
+    installed = any(f.name == name and Path(f.locate()).exists() for f in found)
     return "bundled" if installed else f"missing file {name} (reinstall {dist})"
 
 
@@ -433,14 +433,15 @@ $XCLOUD_WEIGHTS_URL sets a mirror for every download.
 def _human_size(size: int | None) -> str:
     if size is None:
         return "?"
+    value: float = size
     for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
     return "?"  # pragma: no cover
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(header[k]), *(len(r[k]) for r in rows)) for k in range(len(header))]
     for row in (header, *rows):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -131,7 +131,8 @@ def mask_items(
     data = load(items, bands=list(info.bands), resolution=resolution, chunks=chunk_size,
                 bbox=bbox, crs=crs, resampling=resampling, gdal=gdal, aws=aws,
                 read_retries=read_retries, strict=strict)
-    mask = predict(data, model=model, weights=weights, device=device, invalid=invalid)
+    mask = predict(data, model=model, weights=None if weights is None else os.fspath(weights),
+                   device=device, invalid=invalid)
     options = dict(storage_options or {})
     summary = to_zarr(mask, store, multiscales=tuple(multiscales), progress=progress,
                       storage_options=options or None)

@@ -8,7 +8,7 @@ layers ``AOT``, ``WVP`` and ``SCL``. Aliases cover Earth Search (``blue``, ``nir
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import BandError, MissingBandError
@@ -101,7 +101,7 @@ def band(name: str) -> Band:
     return SENTINEL2_BANDS[canonical]
 
 
-def match_bands(available: Iterable[str], required: Sequence[str]) -> list[str]:
+def match_bands(available: Iterable[Hashable], required: Sequence[str]) -> list[str]:
     """Find, for each required canonical band, the name it has among ``available``.
 
     Extra available bands are ignored; two available names for the same band, or a required
@@ -109,7 +109,7 @@ def match_bands(available: Iterable[str], required: Sequence[str]) -> list[str]:
     """
     found: dict[str, str] = {}
     for name in available:
-        canonical = canonical_band_name(name)
+        canonical = canonical_band_name(str(name))
         if canonical is None or canonical not in required:
             continue
         if canonical in found:

@@ -33,7 +33,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -555,7 +555,7 @@ def _load_group(group: list[Any], names: Sequence[str],
         time = raw["time"].values
         for name in factor_names:
             variables[name] = _to_output_grid(raw[name], first[name], factor, plan)
-    coords = dict(xr_coords(plan.geobox, crs_coord_name="spatial_ref"))
+    coords: dict[Hashable, Any] = dict(xr_coords(plan.geobox, crs_coord_name="spatial_ref"))
     coords["time"] = time
     dims = ("time", *plan.geobox.dimensions)
     return xr.Dataset({name: (dims, variables[name]) for name in names}, coords=coords)

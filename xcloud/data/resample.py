@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 if TYPE_CHECKING:
     import dask.array
     import xarray as xr
+    from dask.typing import Key
 
 __all__ = [
     "DOWNSAMPLING_METHODS",
@@ -584,7 +585,7 @@ def _upsample_dask(array: dask.array.Array, plan: _Plan,
     out_chunks = [_upsampled_chunks(array.chunks[axis], plan.factor, out_shape[axis])
                   for axis in (-2, -1)]
     name = f"upsample-{tokenize(array, plan, out_shape)}"
-    graph = {}
+    graph: dict[Key, Any] = {}
     for index in np.ndindex(*array.numblocks[:-2], *(len(c) for c in out_chunks)):
         *lead, row, column = index
         blocks = [[(array.name, *lead, row + dr, column + dc)
@@ -594,20 +595,26 @@ def _upsample_dask(array: dask.array.Array, plan: _Plan,
         shape = (out_chunks[0][row], out_chunks[1][column])
         graph[(name, *index)] = (_upsample_block, blocks, plan.function, plan.factor, halo,
                                  shape)
-    layers = HighLevelGraph.from_collections(name, graph, dependencies=[array])
+    # dask's Array does not match dask's own DaskCollection protocol (__dask_scheduler__)
+    layers = HighLevelGraph.from_collections(name, graph,
+                                             dependencies=[array])  # type: ignore[list-item]
     return da.Array(layers, name, chunks=(*array.chunks[:-2], *out_chunks), dtype=plan.dtype,
                     meta=np.empty((0,) * array.ndim, plan.dtype))
 
 
 def _downsample_dask(array: dask.array.Array, plan: _Plan) -> dask.array.Array:
+    import dask.array as da
+
     axes = (array.ndim - 2, array.ndim - 1)
     factor = plan.factor
     array = array.rechunk({axis: _multiple_chunks(array.chunks[axis], factor) for axis in axes})
     chunks = array.chunks[:-2] + tuple(
         tuple(-(-c // factor) for c in array.chunks[axis]) for axis in axes
     )
-    return array.map_blocks(plan.function, factor, chunks=chunks, dtype=plan.dtype,
-                            meta=np.empty((0,) * array.ndim, plan.dtype))
+    # the module function, which Array.map_blocks calls (its functools.wraps typing wants
+    # the array again as the first argument)
+    return da.map_blocks(plan.function, array, factor, chunks=chunks, dtype=plan.dtype,
+                         meta=np.empty((0,) * array.ndim, plan.dtype))
 
 
 def resample_dask(array: dask.array.Array, factor: int, *, method: str,
@@ -720,6 +727,7 @@ def resample_dataarray(da: xr.DataArray, factor: int, *, method: str,
     dropped = [name for name, c in work.coords.items()
                if name not in (y, x) and ({y, x} & set(c.dims))]
     work = work.drop_vars([*dropped, y, x], errors="ignore")
+    data: dask.array.Array | np.ndarray
     if isinstance(work.data, dask.array.Array):
         data = resample_dask(work.data, factor, method=method, out_shape=out_shape,
                              nodata=nodata, lobes=lobes)

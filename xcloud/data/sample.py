@@ -105,13 +105,16 @@ def _asset(path: Path, name: str, scale: float, offset: float) -> dict[str, Any]
     with rasterio.open(path) as source:
         transform, shape, crs = source.transform, source.shape, source.crs
     band = SENTINEL2_BANDS[name]
+    center = band.wavelength_center
+    if center is None:  # only spectral bands (Bxx) match the file pattern
+        raise StacError(f"{path.name}: band {name} is not a spectral band")
     return {
         "href": path.resolve().as_uri(),
         "type": _MEDIA_TYPES[path.suffix.lower()],
         "roles": ["data"],
         "title": f"{name} ({band.description})",
         "eo:bands": [{"name": name, "common_name": band.aliases[0],
-                      "center_wavelength": band.wavelength_center / 1000}],
+                      "center_wavelength": center / 1000}],
         "raster:bands": [{"nodata": 0, "data_type": "uint16",
                           "spatial_resolution": band.resolution,
                           "scale": scale, "offset": offset}],

@@ -6,7 +6,7 @@ import functools
 import json
 import operator
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime as _datetime
 from datetime import timezone
@@ -232,7 +232,7 @@ def _stac_io_class() -> type:
             return _request_with_retries(send, self.policy, f"{method or 'GET'} {href}")
 
         def get_pages(self, url: str, method: str | None = None,
-                      parameters: dict[str, Any] | None = None) -> Iterable[dict[str, Any]]:
+                      parameters: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
             followed = {_link_key({"href": url, "method": method or "GET",
                                    "body": parameters or {}}, None)}
             seen: set[str] = set()
@@ -273,7 +273,7 @@ def _search_static(path: Path, *, collections, bbox, intersects, datetime, query
     wanted_collections = {collections} if isinstance(collections, str) else collections
     window = _datetime_window(datetime)
     area = _area(bbox, intersects)
-    found = []
+    found: list[Any] = []
     for item in _static_items(path):
         if max_items is not None and len(found) >= max_items:
             break
@@ -290,11 +290,11 @@ def _search_static(path: Path, *, collections, bbox, intersects, datetime, query
 
 
 def _area(bbox: Sequence[float] | None, intersects: Mapping[str, Any] | None) -> Any:
-    if bbox is None and intersects is None:
-        return None
-    shapely = import_optional("shapely.geometry", extra="geo")
     if intersects is not None:
+        shapely = import_optional("shapely.geometry", extra="geo")
         return shapely.shape(intersects)
+    if bbox is None:
+        return None
     return _lonlat_box(bbox)
 
 
@@ -330,6 +330,8 @@ def _parse_time(value: str | _datetime | None) -> _datetime | None:
 def _datetime_window(value: DatetimeLike) -> tuple[_datetime | None, _datetime | None] | None:
     if value is None:
         return None
+    start: str | _datetime | None
+    end: str | _datetime | None
     if isinstance(value, str) and "/" in value:
         start, end = value.split("/", 1)
     elif isinstance(value, str | _datetime):
@@ -347,7 +349,21 @@ def _in_window(item: Any, window: tuple[_datetime | None, _datetime | None]) -> 
     props = item.properties
     first = _parse_time(props.get("start_datetime") or props.get("datetime"))
     last = _parse_time(props.get("end_datetime") or props.get("datetime"))
-    return (start is None or last >= start) and (end is None or first <= end)
+    if start is not None:
+        if last is None:
+            raise _untimed(item)
+        if not last >= start:
+            return False
+    if end is None:
+        return True
+    if first is None:
+        raise _untimed(item)
+    return first <= end
+
+
+def _untimed(item: Any) -> StacError:
+    return StacError(f"STAC item {item.id!r} has neither datetime nor start_datetime and "
+                     "end_datetime to compare with the search's time window")
 
 
 def _matches_query(properties: Mapping[str, Any], query: Mapping[str, Any]) -> bool:

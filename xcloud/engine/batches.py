@@ -17,7 +17,7 @@ Other schedulers (processes) get plain batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import dask
@@ -26,10 +26,9 @@ from dask.base import collections_to_expr, get_scheduler
 from dask.core import get_dependencies
 from dask.local import get_sync
 from dask.threaded import get as get_threaded
+from dask.typing import Key
 
 __all__ = ["compute_in_batches"]
-
-Key = Hashable
 
 
 def compute_in_batches(tasks: Sequence[Any], *, batch_size: int, scheduler: Any = None,

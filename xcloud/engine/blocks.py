@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -131,7 +132,7 @@ def _model_region(core: Window | None, zoom: float) -> Window | None:
     """The core in model pixels, one pixel wider for the resampling back to the input grid."""
     if core is None:
         return None
-    return tuple((math.floor(a * zoom) - 1, math.ceil(b * zoom) + 1) for a, b in core)
+    return cast(Window, tuple((math.floor(a * zoom) - 1, math.ceil(b * zoom) + 1) for a, b in core))
 
 
 Window = tuple[tuple[int, int], tuple[int, int]]

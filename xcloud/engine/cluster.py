@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 
@@ -69,9 +69,13 @@ def _plugin_class() -> type:
     """``WeightsOptionsPlugin``, built on first use (distributed is optional)."""
     from .._optional import import_optional
 
-    plugin = import_optional("distributed.diagnostics.plugin", extra="distributed")
+    if TYPE_CHECKING:
+        from distributed.diagnostics.plugin import WorkerPlugin
+    else:
+        WorkerPlugin = import_optional("distributed.diagnostics.plugin",
+                                       extra="distributed").WorkerPlugin
 
-    class WeightsOptionsPlugin(plugin.WorkerPlugin):
+    class WeightsOptionsPlugin(WorkerPlugin):
         """Registers storage options for weights URLs in every worker process it reaches.
 
         ``setup`` runs in each worker at registration and in each worker that joins (or is

@@ -9,6 +9,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import dask
 import dask.array as da
@@ -41,6 +42,8 @@ __all__ = ["DEFAULT_CHUNK", "predict"]
 
 _BOUNDARIES = ("reflect", "nearest", "periodic", "none")
 _OUTPUTS = ("class", "proba")
+# (rows, columns) values, e.g. the chunks' start offsets along each spatial axis
+_PerAxis = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def _halo_pixels(info: ModelInfo, zoom: float, halo: int | None) -> int:
@@ -289,13 +292,18 @@ def predict(
     had_time = cube.ndim == 4
     if not had_time:
         cube = cube.expand_dims("time")
-    smallest = max(depth, tile_once.min_chunk(tiles, zoom)) if shared else depth
+    if shared:
+        assert tiles is not None  # tile_once.supports() is False without a tile size
+        smallest = max(depth, tile_once.min_chunk(tiles, zoom))
+    else:
+        smallest = depth
     array = _rechunk(_as_dask(cube, chunk_size), smallest)
     spec = ModelSpec.create(model, weights=weights, device=resolve_device(device),
                             runtime=runtime, bands=chosen)
     task = BlockTask(
-        chunk_starts=tuple(tuple(np.cumsum((0, *c[:-1])).tolist()) for c in array.chunks[-2:]),
-        chunk_stops=tuple(tuple(np.cumsum(c).tolist()) for c in array.chunks[-2:]),
+        chunk_starts=cast(_PerAxis, tuple(tuple(np.cumsum((0, *c[:-1])).tolist())
+                                          for c in array.chunks[-2:])),
+        chunk_stops=cast(_PerAxis, tuple(tuple(np.cumsum(c).tolist()) for c in array.chunks[-2:])),
         depth=depths,
         shared=shared,
         halo_at_edges=boundary != "none",

@@ -341,7 +341,9 @@ def map_tile_once(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
                              (names["prepare"], t, i + first[0], j + first[1]), 1)
             graph[(out_name, t, *(0,) * len(class_axis), i, j)] = (
                 combine, task, i, j, nodata, pieces)
-    layers = HighLevelGraph.from_collections(out_name, graph, dependencies=[padded, array])
+    # dask's Array does not match its own DaskCollection protocol (__dask_scheduler__)
+    layers = HighLevelGraph.from_collections(
+        out_name, graph, dependencies=[padded, array])  # type: ignore[list-item]
     dtype = np.uint8 if classes else np.float32
     chunks = (array.chunks[0], *class_axis, *array.chunks[-2:])
     return da.Array(layers, out_name, chunks=chunks, dtype=dtype,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import dask
@@ -173,7 +174,7 @@ def _tiles(images: Images, labels: Labels) -> Iterator[tuple[Image, Any]]:
 def _level_array(scheme: LabelScheme, values: Any, level: Level) -> np.ndarray | da.Array:
     data = values.data if isinstance(values, xr.DataArray) else values
     if isinstance(data, da.Array):
-        return data.map_blocks(scheme.to_level, level=level, dtype=np.uint8)
+        return da.map_blocks(scheme.to_level, data, level=level, dtype=np.uint8)
     return scheme.to_level(np.asarray(data), level)
 
 
@@ -394,7 +395,7 @@ def feature_importance(model: str, images: Images, labels: Labels, *,
     baseline = evaluate_model(model, images, labels, **kwargs)
     importance = {}
     for feature, value in values.items():
-        filled = _map_images(images, lambda image, f=feature, v=value: _filled(image, info, f, v))
+        filled = _map_images(images, partial(_filled, info=info, feature=feature, value=value))
         importance[feature] = 1 - evaluate_model(model, filled, labels, **kwargs).matrix.dice()
     return FeatureImportance(model, baseline.level, baseline.matrix.class_names,
                              baseline.matrix.dice(), importance)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["ConfusionMatrix", "binary_metrics"]
 
@@ -36,12 +37,12 @@ def _as_int64(values: Any) -> np.ndarray:
     return array.astype(np.int64, copy=False).ravel()
 
 
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def _ratio(numerator: npt.ArrayLike, denominator: npt.ArrayLike) -> np.ndarray:
     """``numerator / denominator`` as float64, NaN where the denominator is 0."""
-    numerator = np.asarray(numerator, np.float64)
-    denominator = np.asarray(denominator, np.float64)
-    out = np.full(np.broadcast(numerator, denominator).shape, np.nan)
-    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    num = np.asarray(numerator, np.float64)
+    den = np.asarray(denominator, np.float64)
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=den != 0)
     return out
 
 

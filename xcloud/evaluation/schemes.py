@@ -233,7 +233,9 @@ class LabelScheme:
         table = np.full(256, IGNORE, np.uint8)
         for c in self.classes:
             if c.meaning not in _UNSCORED:
-                table[c.value] = level.index(c.meaning)
+                index = level.index(c.meaning)
+                assert index is not None  # require() checked every scored class has one
+                table[c.value] = index
         return table
 
     def _check_values(self, values: np.ndarray) -> np.ndarray:

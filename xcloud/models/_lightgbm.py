@@ -91,7 +91,7 @@ def _key_values(lines: list[str]) -> dict[str, str]:
 
 
 def _array(fields: dict[str, str], key: str, dtype: type, count: int) -> np.ndarray:
-    values = np.array(fields.get(key, "").split(), dtype=dtype)
+    values: np.ndarray = np.array(fields.get(key, "").split(), dtype=dtype)
     if values.shape != (count,):
         raise ValueError(f"tree field {key!r} has {values.size} values, expected {count}")
     return values
@@ -469,10 +469,12 @@ class TreeEnsemble:
         model = (self.feature, self.buffer_offset, self.step, threshold, self.threshold,
                  self.decision, self.value, self.roots)
         args = (x, model, float(self.sigmoid or 1.0), transform, self.simple, out)
-        threads = numba.config.NUMBA_NUM_THREADS if threads is None else int(threads)
+        # numba.config sets its settings at run time, so mypy does not see them
+        max_threads: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        threads = max_threads if threads is None else int(threads)
         if threads > 1 and x.shape[0] >= PARALLEL_MIN_ROWS and _PARALLEL_LOCK.acquire(False):
             try:
-                _run_parallel(args, min(threads, numba.config.NUMBA_NUM_THREADS))
+                _run_parallel(args, min(threads, max_threads))
             finally:
                 _PARALLEL_LOCK.release()
         else:

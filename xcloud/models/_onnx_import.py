@@ -122,7 +122,7 @@ def _initializers(model) -> dict[str, np.ndarray]:
 
 
 def _block_configs(weights, attrs, pads) -> tuple[MBConvConfig, ...]:
-    blocks = []
+    blocks: list[MBConvConfig] = []
     while f"encoder._blocks.{len(blocks)}._depthwise_conv.weight" in weights:
         key = f"encoder._blocks.{len(blocks)}."
         depthwise = weights[key + "_depthwise_conv.weight"]
@@ -143,7 +143,7 @@ def _block_configs(weights, attrs, pads) -> tuple[MBConvConfig, ...]:
 
 
 def _decoder_channels(weights: dict[str, np.ndarray]) -> tuple[int, ...]:
-    channels = []
+    channels: list[int] = []
     while f"decoder.blocks.{len(channels)}.conv1.0.weight" in weights:
         channels.append(weights[f"decoder.blocks.{len(channels)}.conv1.0.weight"].shape[0])
     return tuple(channels)

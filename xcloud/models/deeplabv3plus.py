@@ -58,6 +58,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -189,6 +190,12 @@ class ResNetEncoder(nn.Module):
         Blocks in ``layer1`` .. ``layer4``.
     """
 
+    # added with add_module in __init__ (annotated here for type checkers only)
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, in_channels: int, block: _Block, layers: Sequence[int]) -> None:
         super().__init__()
         if len(layers) != len(_RESNET_WIDTHS):
@@ -270,6 +277,12 @@ class MobileNetV2Backbone(nn.Module):
             x = stage(x)
             outputs.append(x)
         return outputs
+
+
+class _StagedEncoder(Protocol):
+    """What :attr:`EncoderSpec.build` returns besides a module: its ``stages()``."""
+
+    def stages(self) -> list[nn.Module]: ...
 
 
 @dataclass(frozen=True)
@@ -434,7 +447,7 @@ class DeepLabV3Plus(nn.Module):
         self.upsampling = upsampling
         self.output_stride = encoder_output_stride
         self.encoder = spec.build(in_channels)
-        stages = self.encoder.stages()
+        stages = cast(_StagedEncoder, self.encoder).stages()
         for stage, rate in _DILATED_STAGES[encoder_output_stride]:
             replace_strides_with_dilation(stages[stage - 1], rate)
         self.decoder = DeepLabV3PlusDecoder(

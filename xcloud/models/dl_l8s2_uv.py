@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -186,13 +186,17 @@ def _require(condition: bool, config: Mapping[str, Any], what: str) -> None:
         raise WeightsError(f"Keras layer {config.get('name')!r}: {what} is not supported")
 
 
+_Targets = dict[str, tuple[torch.Tensor, Callable[[np.ndarray], np.ndarray]]]
+"""Keras weight name -> (torch tensor, layout conversion of the Keras array)."""
+
+
 class _KerasLayer(nn.Module):
     """A Keras layer in NCHW: its output channels, its downsampling and its Keras weights."""
 
     out_channels: int
     downsample: Fraction = Fraction(1)
 
-    def keras_targets(self) -> dict[str, tuple[torch.Tensor, Callable[[np.ndarray], np.ndarray]]]:
+    def keras_targets(self) -> _Targets:
         """Torch tensor and layout conversion of each Keras weight of the layer."""
         return {}
 
@@ -234,8 +238,8 @@ class _Conv2D(_KerasLayer):
                               dilation=self.dilation, bias=bool(config["use_bias"]))
         self.activation = _activation(config["activation"])
 
-    def keras_targets(self) -> dict[str, tuple[torch.Tensor, Callable]]:
-        targets = {"kernel": (self.conv.weight, _hwio_to_oihw)}
+    def keras_targets(self) -> _Targets:
+        targets: _Targets = {"kernel": (self.conv.weight, _hwio_to_oihw)}
         if self.conv.bias is not None:
             targets["bias"] = (self.conv.bias, _unchanged)
         return targets
@@ -259,7 +263,7 @@ class _SeparableConv2D(_Conv2D):
         self.depthwise = nn.Conv2d(channels, self.conv.in_channels, self.kernel, self.stride,
                                    dilation=self.dilation, groups=channels, bias=False)
 
-    def keras_targets(self) -> dict[str, tuple[torch.Tensor, Callable]]:
+    def keras_targets(self) -> _Targets:
         targets = super().keras_targets()
         targets["pointwise_kernel"] = targets.pop("kernel")
         return {"depthwise_kernel": (self.depthwise.weight, _depthwise_to_torch), **targets}
@@ -284,7 +288,7 @@ class _Conv2DTranspose(_KerasLayer):
         self.downsample = Fraction(1, max(self.stride))
         self.conv = nn.ConvTranspose2d(
             channels, self.out_channels, kernel, self.stride, bias=bool(config["use_bias"]),
-            output_padding=tuple(max(s - k, 0) for k, s in zip(kernel, self.stride, strict=True)))
+            output_padding=(max(self.stride[0] - kernel[0], 0), max(self.stride[1] - kernel[1], 0)))
         self.activation = _activation(config["activation"])
 
     keras_targets = _Conv2D.keras_targets  # kernel (H, W, out, in) -> (in, out, H, W)
@@ -306,9 +310,11 @@ class _BatchNormalization(_KerasLayer):
         self.norm = nn.BatchNorm2d(channels, eps=float(config["epsilon"]))
         self.center, self.scale = bool(config.get("center", True)), bool(config.get("scale", True))
 
-    def keras_targets(self) -> dict[str, tuple[torch.Tensor, Callable]]:
-        targets = {"moving_mean": (self.norm.running_mean, _unchanged),
-                   "moving_variance": (self.norm.running_var, _unchanged)}
+    def keras_targets(self) -> _Targets:
+        mean, variance = self.norm.running_mean, self.norm.running_var
+        assert mean is not None and variance is not None  # built with track_running_stats
+        targets: _Targets = {"moving_mean": (mean, _unchanged),
+                             "moving_variance": (variance, _unchanged)}
         if self.scale:
             targets["gamma"] = (self.norm.weight, _unchanged)
         if self.center:
@@ -447,7 +453,8 @@ class DLL8S2UVNet(nn.Module):
             name, inputs = str(layer["name"]), _inbound(layer)
             if any(source not in self.layers for source in inputs):
                 raise WeightsError(f"Keras layer {name!r} comes before its inputs {inputs}")
-            module = _build_layer(layer, [self.layers[s].out_channels for s in inputs])
+            module = _build_layer(layer, [cast(_KerasLayer, self.layers[s]).out_channels
+                                          for s in inputs])
             scale[name] = max((scale[s] for s in inputs), default=Fraction(1)) * module.downsample
             self.layers[name] = module
             self.graph += ((name, inputs),)
@@ -463,7 +470,7 @@ class DLL8S2UVNet(nn.Module):
         if unknown:
             raise WeightsError(f"weights for layers {unknown} that the config does not have")
         for name, layer in self.layers.items():
-            layer.load_keras(weights.get(name, {}), name)
+            cast(_KerasLayer, layer).load_keras(weights.get(name, {}), name)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

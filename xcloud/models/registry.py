@@ -98,7 +98,9 @@ class ModelEntry:
         if weights is None:
             return self.loader(**options)
         if is_weights_url(weights):  # into this process's cache, hash-checked when known
-            weights = options["weights"] = resolve_weights(self.name, weights)
+            fetched = resolve_weights(self.name, weights)
+            assert fetched is not None  # a URL resolves to the fetched file, never to None
+            weights = options["weights"] = fetched
         _refuse_corrupt_copy(self, _checked_weights(weights))
         try:
             return self.loader(**options)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -81,7 +82,8 @@ class S2CloudlessModel(BaseCloudModel):
             proba = self.trees.predict(pixels, threads=self._threads())
         else:
             pixels = np.moveaxis(batch, 1, -1).reshape(-1, bands)
-            proba = self.booster.predict(pixels, num_threads=self._threads())
+            # an array for dense features (a list only for sparse contributions)
+            proba = cast(np.ndarray, self.booster.predict(pixels, num_threads=self._threads()))
         return proba.reshape(n, height, width).astype(np.float32)
 
     @staticmethod

@@ -105,7 +105,7 @@ class _InvertedResidual(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int) -> None:
         super().__init__()
         hidden = in_channels * expansion
-        layers = [_conv_bn_relu6(in_channels, hidden)] if expansion != 1 else []
+        layers: list[nn.Module] = [_conv_bn_relu6(in_channels, hidden)] if expansion != 1 else []
         layers += [
             _conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
             nn.Conv2d(hidden, out_channels, 1, bias=False),

@@ -15,7 +15,7 @@ import datetime as dt
 import os
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import xarray as xr
@@ -79,6 +79,7 @@ def plot_mask(
     import_optional("matplotlib", extra="plot")
     names, colors = _classes(mask)
     frame = _at_time(mask, time)
+    hollow: Collection[str]
     if _has_rgb(data):
         background = _at_time(data, frame.coords.get("time"))
         image = quicklook_rgba(frame, background, max_size=max_size, alpha=alpha,
@@ -229,7 +230,7 @@ def _title(frame: xr.DataArray) -> str:
     return " | ".join(parts)
 
 
-def _has_rgb(data: xr.Dataset | None) -> bool:
+def _has_rgb(data: xr.Dataset | None) -> TypeGuard[xr.Dataset]:
     return data is not None and all(any(n in data for n in names) for names in RGB_BANDS)
 
 

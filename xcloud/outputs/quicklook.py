@@ -117,9 +117,9 @@ def _legend_strip(values: np.ndarray, classes: list[tuple[Any, str, str]],
     per_row = max(1, width // 150)
     rows = -(-len(entries) // per_row)
     strip = np.full((rows * _LEGEND_ROW + 4, width, 4), (24, 24, 24, 255), np.uint8)
-    for k, (_, fill, outline) in enumerate(entries):
+    for k, (_, fill, edge) in enumerate(entries):
         top, left = 3 + (k // per_row) * _LEGEND_ROW, 4 + (k % per_row) * (width // per_row)
-        strip[top:top + 12, left:left + 12, :3] = outline
+        strip[top:top + 12, left:left + 12, :3] = edge
         strip[top + 2:top + 10, left + 2:left + 10, :3] = fill
     return _legend_text(strip, [text for text, _, _ in entries], per_row, width)
 

@@ -17,6 +17,7 @@ own client: for S3 pass botocore's settings in ``storage_options``, e.g.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import uuid
@@ -229,7 +230,7 @@ class StoreLocation:
         names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != base]
         return sorted(set(names))
 
-    def find(self, relative: str) -> list[str]:
+    def find(self, relative: str) -> builtins.list[str]:
         """Paths (relative to ``relative``) of every object below it."""
         fs = self._fresh(relative)
         base = self.key(relative).rstrip("/")

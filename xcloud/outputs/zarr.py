@@ -82,7 +82,7 @@ import os
 import sys
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -344,9 +344,9 @@ def _merge_ids(*groups: Iterable[str] | str) -> list[str]:
     return list(merged)
 
 
-def _uniform_chunks(variable: xr.DataArray) -> dict[str, int]:
+def _uniform_chunks(variable: xr.DataArray) -> dict[Hashable, int]:
     """One chunk size per dim: time 1, regular Dask chunks kept, irregular ones made regular."""
-    chunks = {}
+    chunks: dict[Hashable, int] = {}
     for axis, dim in enumerate(variable.dims):
         if dim == APPEND_DIM:
             chunks[dim] = 1
@@ -488,11 +488,11 @@ def _group_attrs(writer: _Writer, group: str) -> dict[str, Any] | None:
     return dict(_open(writer, group, mode="r").attrs)
 
 
-def _update_attrs(writer: _Writer, group: str, updates: Mapping[str, Any] = (),
+def _update_attrs(writer: _Writer, group: str, updates: Mapping[str, Any] | None = None,
                   remove: Sequence[str] = ()) -> None:
     node = _open(writer, group)
     attrs = {k: v for k, v in node.attrs.items() if k not in remove}
-    node.attrs.put({**attrs, **dict(updates)})
+    node.attrs.put({**attrs, **dict(updates or {})})
 
 
 def _named_like_store(writer: _Writer, dataset: xr.Dataset) -> xr.Dataset:
@@ -528,14 +528,14 @@ def _check_lease(writer: _Writer) -> None:
 
 
 def _write_group(writer: _Writer, group: str, dataset: xr.Dataset, *,
-                 sources: Sequence[str] = (), extra_attrs: Mapping[str, Any] = ()
+                 sources: Sequence[str] = (), extra_attrs: Mapping[str, Any] | None = None
                  ) -> _GroupResult:
     """Bring ``group`` to hold ``dataset``: new store, or finish an unfinished write and append."""
     _check_lease(writer)
     _recover_append(writer, group)
     attrs = None if _template_pending(writer.location, group) else _group_attrs(writer, group)
     if attrs is None:
-        return _write_new(writer, group, dataset, sources, extra_attrs)
+        return _write_new(writer, group, dataset, sources, extra_attrs or {})
     if GRID_ATTR not in attrs:
         raise ZarrStoreError(
             f"{writer.target(group)} is a Zarr group that xcloud did not write; choose another "
@@ -648,8 +648,8 @@ def _portable(values: np.ndarray) -> np.ndarray:
     return values.astype(object) if values.dtype.kind == "U" else values
 
 
-def _encoding(dataset: xr.Dataset, zarr_format: int) -> dict[str, dict[str, Any]]:
-    encoding: dict[str, dict[str, Any]] = {}
+def _encoding(dataset: xr.Dataset, zarr_format: int) -> dict[Hashable, dict[str, Any]]:
+    encoding: dict[Hashable, dict[str, Any]] = {}
     for name, variable in dataset.data_vars.items():
         encoding[name] = {"chunks": tuple(c[0] for c in variable.data.chunks)}
         nodata = variable.attrs.get("nodata")
@@ -814,7 +814,7 @@ def _stored_chunks(writer: _Writer, array_path: str) -> set[str]:
     return {p for p in found if p and p[0].isdigit()}
 
 
-def _chunk_tasks(writer: _Writer, group: str, name: str, data: da.Array, dims: Sequence[str],
+def _chunk_tasks(writer: _Writer, group: str, name: str, data: da.Array, dims: Sequence[Hashable],
                  time_start: int) -> tuple[list[Any], int]:
     done_prefix = f"{writer.markers(group)}/{name}"
     array_path = f"{group}/{name}" if group else name
@@ -999,7 +999,11 @@ def _multiscales_attrs(writer: _Writer, levels: Sequence[str]) -> dict[str, Any]
     methods = {_RESAMPLING_NAMES[_resampling(v)] for v in base.data_vars.values()}
     layout = [{"asset": ".", "transform": {"scale": [1.0, 1.0]}, **_grid_fields(base)}]
     for name in levels:
-        factor = float(_group_attrs(writer, name)[FACTOR_ATTR])
+        attrs = _group_attrs(writer, name)
+        if attrs is None:
+            raise ZarrStoreError(f"{writer.target(name)} is not a Zarr group; the overview "
+                                 "level was not written")
+        factor = float(attrs[FACTOR_ATTR])
         layout.append({"asset": name, "derived_from": ".",
                        "transform": {"scale": [factor, factor], "translation": [0.0, 0.0]},
                        **_grid_fields(_read(writer, name))})

@@ -53,9 +53,10 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 
 from .._optional import import_optional
@@ -239,7 +240,7 @@ def _named_tile(path: Path) -> KappaSetTile:
 # ---------------------------------------------------------------------------------------------
 
 
-def _engine() -> str:
+def _engine() -> Literal["netcdf4", "h5netcdf"]:
     """The xarray engine for NetCDF4: netCDF4 (3x faster here), else h5netcdf with h5py."""
     if _installed("netCDF4"):
         return "netcdf4"
@@ -463,7 +464,7 @@ def _check_order(order: str) -> str:
 # Samples for training
 # ---------------------------------------------------------------------------------------------
 
-Normalization = Callable[[np.ndarray], np.ndarray] | tuple[np.ndarray, np.ndarray]
+Normalization = Callable[[np.ndarray], np.ndarray] | tuple[npt.ArrayLike, npt.ArrayLike]
 
 
 class KappaSetDataset:

@@ -72,7 +72,7 @@ import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -199,11 +199,13 @@ class PartialScheme:
         if value not in self.classes:
             raise DatasetError(f"{value} is not a label of scheme {self.name} "
                                f"({self.describe()})")
-        targets = self.classes[value]
+        # __post_init__ made every target and licence set a frozenset
+        targets = cast(frozenset[str], self.classes[value])
         if tags is None:
             return targets
         present = {_tag(t) for t in tags}
-        ruled_out = {c for c, licence in self.licences.items() if not licence & present}
+        ruled_out = {c for c, licence in self.licences.items()
+                     if not cast(frozenset[str], licence) & present}
         return (targets - ruled_out) or targets
 
     def lookup(self, *, tags: Iterable[str] | None = None) -> np.ndarray:
