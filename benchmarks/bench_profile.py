@@ -129,7 +129,7 @@ def instrumented(timer: StageTimer) -> Iterator[None]:
     stages = [(blocks, "_nodata_mask", "no-data check"), (resample, "block_sums", "to model grid"),
               (shared, "_assembled", "to model grid"), (shared, "sum_tiles", "tiles"),
               (shared, "blended", "sum + blend"),
-              (shared, "_upsample_core", "back to 10 m"), (shared, "_finish", "classify")]
+              (shared, "upsample_core", "back to 10 m"), (shared, "finish_block", "classify")]
     saved = [(module, name, getattr(module, name)) for module, name, _ in stages]
     get_model, apply = blocks.get_model, Normalization.apply
     for module, name, stage in stages:

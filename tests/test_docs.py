@@ -37,7 +37,8 @@ NOTEBOOKS = {  # notebook -> the real data it reads
     "time_series.ipynb": "imagery/eolearn_reference_scenes/REFERENCE_SCENES.npy",
     "train_and_evaluate.ipynb": "labeled/ukis_csmask/sentinel2.npz",
 }
-NOT_IN_REFERENCE = {"xcloud._optional", "xcloud._paths", "xcloud._version"}  # internal helpers
+NOT_IN_REFERENCE = {"xcloud._optional", "xcloud._paths", "xcloud._threads",
+                    "xcloud._version"}  # internal helpers
 
 
 def _need(*modules: str) -> None:

@@ -188,13 +188,13 @@ def test_each_pixel_is_normalised_once(monkeypatch, factor):
     """Chunks exchange model-grid sums, not halos: the no-data check and normalisation run
     once per pixel of the scene padded at its edges."""
     seen = []
-    original = tile_once._normalized
+    original = tile_once.normalized_block
 
     def counting(image, task, region=None):
         seen.append(image.shape[-2] * image.shape[-1])
         return original(image, task, region)
 
-    monkeypatch.setattr(tile_once, "_normalized", counting)
+    monkeypatch.setattr(tile_once, "normalized_block", counting)
     _register(f"context-once-{factor}", 10.0 * factor)
     height, width = 301, 250
     _run(_scene(height, width), f"context-once-{factor}", 130)

@@ -15,7 +15,8 @@ from .checks import check_input, invalid_pixels, nonfinite_pixels
 from .device import limit_torch_threads, threads_per_task
 from .tiling import predict_tiled
 
-__all__ = ["BlockTask", "predict_block"]
+__all__ = ["BlockTask", "empty_output", "finish_block", "loaded_model", "normalized_block",
+           "predict_block", "upsample_core"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def _band_names(task: BlockTask) -> tuple[str, ...]:
     return task.spec.bands or get(task.spec.name).info.bands
 
 
-def _empty_output(shape: tuple[int, int], task: BlockTask) -> np.ndarray:
+def empty_output(shape: tuple[int, int], task: BlockTask) -> np.ndarray:
     scheme = get(task.spec.name).info.scheme
     if task.output == "proba":
         return np.full((len(scheme.classes), *shape), np.nan, np.float32)
@@ -144,7 +145,7 @@ def _core_slices(core: Window | None, shape: tuple[int, int]) -> tuple[slice, sl
     return slice(*core[0]), slice(*core[1])
 
 
-def _upsample_core(proba: np.ndarray, core: Window | None, zoom: float,
+def upsample_core(proba: np.ndarray, core: Window | None, zoom: float,
                    shape: tuple[int, int]) -> np.ndarray:
     """Probabilities on the input grid, for the chunk's core only when the zoom allows it."""
     factor = round(1 / zoom)
@@ -183,7 +184,7 @@ def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
         scene=_model_scene(task),
         blend=task.tile_blend,
     )
-    return _upsample_core(proba, core, task.zoom, (height, width))
+    return upsample_core(proba, core, task.zoom, (height, width))
 
 
 def _model_scene(task: BlockTask) -> tuple[int, int] | None:
@@ -199,11 +200,11 @@ def _prepared(image: np.ndarray, task: BlockTask, region: tuple[slice, slice]
     """The model, the normalised image (no-data pixels 0) and the no-data mask of a block;
     model and image are ``None`` when the block holds no data at all (the model is not run).
     ``region`` is the chunk's own part of the block (where invalid pixels are counted)."""
-    normalized, empty = _normalized(image, task, region)
-    return (None if normalized is None else _loaded_model(task)), normalized, empty
+    normalized, empty = normalized_block(image, task, region)
+    return (None if normalized is None else loaded_model(task)), normalized, empty
 
 
-def _normalized(image: np.ndarray, task: BlockTask, region: tuple[slice, slice] | None = None
+def normalized_block(image: np.ndarray, task: BlockTask, region: tuple[slice, slice] | None = None
                 ) -> tuple[np.ndarray | None, np.ndarray]:
     """The normalised image (no-data pixels 0; ``None`` when all are no data) and the no-data
     mask; invalid pixels inside ``region`` are counted."""
@@ -218,7 +219,7 @@ def _normalized(image: np.ndarray, task: BlockTask, region: tuple[slice, slice] 
     return normalized, empty
 
 
-def _loaded_model(task: BlockTask) -> CloudModel:
+def loaded_model(task: BlockTask) -> CloudModel:
     """The task's model from this process's cache, with torch's threads set for one task."""
     model = get_model(task.spec)
     if task.spec.device == "cpu":
@@ -226,7 +227,7 @@ def _loaded_model(task: BlockTask) -> CloudModel:
     return model
 
 
-def _finish(proba: np.ndarray, core_empty: np.ndarray, task: BlockTask,
+def finish_block(proba: np.ndarray, core_empty: np.ndarray, task: BlockTask,
             region: tuple[slice, slice] | None = None) -> np.ndarray:
     """The core's output (channels, rows, columns): probabilities, or classes; no data where
     ``core_empty`` or the probabilities are not finite (counted inside ``region``)."""
@@ -246,7 +247,7 @@ def _finish(proba: np.ndarray, core_empty: np.ndarray, task: BlockTask,
 def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
                    core: Window | None = None) -> np.ndarray:
     """The block's output; only the core (what survives the trim) is computed."""
-    output = _empty_output(image.shape[-2:], task)
+    output = empty_output(image.shape[-2:], task)
     inside = _core_slices(core, image.shape[-2:])
     model, normalized, empty = _prepared(image, task, inside)
     if model is None:
@@ -254,7 +255,7 @@ def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
     assert normalized is not None
     if task.tile_size is None:  # pixel models: classify the whole block, so that spatial
         proba = _model_probabilities(model, normalized, task, origin, None)  # post-processing
-        return _finish(proba, empty, task, inside)  # sees the halo (the trim removes it)
+        return finish_block(proba, empty, task, inside)  # sees the halo (the trim removes it)
     proba = _model_probabilities(model, normalized, task, origin, core)
-    output[(slice(None), *inside)] = _finish(proba, empty[inside], task)
+    output[(slice(None), *inside)] = finish_block(proba, empty[inside], task)
     return output

@@ -36,11 +36,11 @@ from dask.highlevelgraph import HighLevelGraph
 from .blocks import (
     BlockTask,
     Window,
-    _empty_output,
-    _finish,
-    _loaded_model,
-    _normalized,
-    _upsample_core,
+    empty_output,
+    finish_block,
+    loaded_model,
+    normalized_block,
+    upsample_core,
 )
 from .tiling import TileSums, blended, overlap_slices, sum_tiles, tile_starts
 
@@ -183,7 +183,8 @@ def prepare(block: np.ndarray, task: BlockTask,
     Runs once per chunk, so each pixel is checked, normalised and averaged once, and only
     model-grid sums (``factor**2`` times fewer values) travel to the neighbours that need them.
     """
-    normalized, empty = _normalized(block[0], task, _inside_scene(block.shape[-2:], origin, task))
+    inside = _inside_scene(block.shape[-2:], origin, task)
+    normalized, empty = normalized_block(block[0], task, inside)
     if normalized is None:
         return None, empty
     from ..data.resample import block_sums  # numba kernels load on first use
@@ -240,7 +241,7 @@ def tile_sums(task: BlockTask, row: int, column: int,
     if not owned[0] or not owned[1]:
         return None
     image = _assembled(present, spans, task)
-    sums = sum_tiles(_loaded_model(task), image, rows=owned[0], cols=owned[1],
+    sums = sum_tiles(loaded_model(task), image, rows=owned[0], cols=owned[1],
                      tile_size=task.tile_size, overlap=task.tile_overlap,
                      batch_size=task.batch_size, blend=task.tile_blend)
     sums.origin = (sums.origin[0] + spans[0][0], sums.origin[1] + spans[1][0])
@@ -254,7 +255,7 @@ def combine(task: BlockTask, row: int, column: int, empty: np.ndarray,
     chunks' :func:`tile_sums` that reach it."""
     present = [sums for sums in pieces if sums is not None]
     if empty.all() or not present:
-        return _output_block(_empty_output(empty.shape, task), task)
+        return _output_block(empty_output(empty.shape, task), task)
     spans = (_output_window(task, 0, row), _output_window(task, 1, column))
     origin, shape = _window(spans)
     total = np.zeros((present[0].total.shape[0], *shape), np.float64)
@@ -268,8 +269,8 @@ def combine(task: BlockTask, row: int, column: int, empty: np.ndarray,
             (task.chunk_starts[axis][index] - start * factor,
              task.chunk_stops[axis][index] - start * factor)
             for axis, (index, start) in enumerate(zip((row, column), origin, strict=True)))
-        proba = _upsample_core(proba, core, task.zoom, (shape[0] * factor, shape[1] * factor))
-    return _output_block(_finish(proba, empty, task), task)
+        proba = upsample_core(proba, core, task.zoom, (shape[0] * factor, shape[1] * factor))
+    return _output_block(finish_block(proba, empty, task), task)
 
 
 def _output_block(values: np.ndarray, task: BlockTask) -> np.ndarray:

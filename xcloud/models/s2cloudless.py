@@ -88,7 +88,7 @@ class S2CloudlessModel(BaseCloudModel):
 
     @staticmethod
     def _threads() -> int:
-        from ..engine.device import threads_per_task
+        from .._threads import threads_per_task
 
         return threads_per_task()
 

@@ -125,7 +125,7 @@ class UkisModel(BaseCloudModel):
 
     def _onnx_session(self):
         ort = import_optional("onnxruntime", extra="ukis")
-        from ..engine.device import threads_per_task
+        from .._threads import threads_per_task
         from ._onnx_import import session_ports
 
         options = ort.SessionOptions()
