@@ -112,3 +112,20 @@ def _registry_left_as_found() -> Iterator[None]:
     yield
     for name in set(registry._REGISTRY) - before:
         unregister(name)
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 (a subprocess), for one test module; skipped with the
+    reason only where moto is not installed (a server that fails to start fails the test)."""
+    from .moto_server import MotoServer, MotoServerError
+
+    server = MotoServer(log=tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        server.start()
+    except MotoServerError as error:
+        if MotoServer.executable() is None:
+            pytest.skip(str(error))
+        raise
+    yield server
+    server.stop()

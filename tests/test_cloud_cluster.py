@@ -55,18 +55,6 @@ def served(tmp_path_factory):
         yield server, root
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    from .moto_server import MotoServer, MotoServerError
-
-    try:
-        server = MotoServer(log=tmp_path_factory.mktemp("moto") / "moto.log").start()
-    except MotoServerError as error:
-        pytest.skip(str(error))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def cluster(tmp_path_factory):  # new workers (and caches) for each run
     if dask_program() is None:

@@ -194,18 +194,6 @@ def test_gdal_environment_checks_its_arguments():
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    from .moto_server import MotoServer, MotoServerError
-
-    try:
-        server = MotoServer(log=tmp_path_factory.mktemp("moto") / "moto.log").start()
-    except MotoServerError as error:
-        pytest.skip(str(error))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def s3_scene(moto, scene_folder, local_item):
     """The scene's bands of BANDS in a bucket of moto's server; the bucket's name."""
     bucket = moto.bucket()

@@ -36,7 +36,6 @@ from xcloud.outputs.stac import read_item, validate_item, write_item
 from xcloud.synthetic import synthetic_scene
 
 from .faulty_s3_proxy import FaultyS3Proxy
-from .moto_server import MotoServer, MotoServerError
 from .test_faults import slowed
 from .test_zarr import T0, T1, chunk_keys, synthetic_mask
 
@@ -45,19 +44,6 @@ pytest.importorskip("rioxarray")
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERYTHING = {f"{t}.{i}.{j}" for t in range(2) for i in range(3) for j in range(3)}
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoServer(log=tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        server.start()
-    except MotoServerError as error:
-        if MotoServer.executable() is None:
-            pytest.skip(str(error))
-        raise
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +75,7 @@ __all__ = [
     "ResNet34Encoder",
     "ResNet50Encoder",
     "ResNetEncoder",
+    "StagedEncoder",
     "replace_strides_with_dilation",
 ]
 
@@ -174,7 +174,23 @@ def _resnet_layer(block: _Block, in_channels: int, channels: int, blocks: int, *
     return nn.Sequential(block(in_channels, channels, stride=stride), *rest)
 
 
-class ResNetEncoder(nn.Module):
+class StagedEncoder(nn.Module):
+    """An smp encoder: ``stages()`` gives its five stage modules (shared with it, for
+    dilation); ``forward`` returns the five stage outputs, finest first."""
+
+    def stages(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five stage outputs of input ``x``, finest first."""
+        outputs = []
+        for stage in self.stages():
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+
+class ResNetEncoder(StagedEncoder):
     """torchvision's ResNet without classifier (output stride 32 until dilated).
 
     ``forward`` returns the five stage outputs, finest first: 64 channels at 1/2 (after
@@ -217,14 +233,6 @@ class ResNetEncoder(nn.Module):
         return [nn.Sequential(self.conv1, self.bn1, self.relu),
                 nn.Sequential(self.maxpool, self.layer1), self.layer2, self.layer3, self.layer4]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The five stage outputs of input ``x``, finest first."""
-        outputs = []
-        for stage in self.stages():
-            x = stage(x)
-            outputs.append(x)
-        return outputs
-
 
 class ResNet34Encoder(ResNetEncoder):
     """torchvision's ResNet-34 without classifier: stage outputs 64, 64, 128, 256, 512."""
@@ -246,7 +254,7 @@ class ResNet50Encoder(ResNetEncoder):
         super().__init__(in_channels, Bottleneck, _RESNET50_BLOCKS)
 
 
-class MobileNetV2Backbone(nn.Module):
+class MobileNetV2Backbone(StagedEncoder):
     """torchvision's MobileNetV2 ``features`` (output stride 32 until dilated).
 
     The layers are those of :class:`xcloud.models.unet_mobilenet.UnetMobileNetV2`'s encoder.
@@ -270,20 +278,6 @@ class MobileNetV2Backbone(nn.Module):
         return [self.features[start:end] for start, end in zip(starts, self.stage_ends,
                                                                strict=True)]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The five stage outputs of input ``x``, finest first."""
-        outputs = []
-        for stage in self.stages():
-            x = stage(x)
-            outputs.append(x)
-        return outputs
-
-
-class _StagedEncoder(Protocol):
-    """What :attr:`EncoderSpec.build` returns besides a module: its ``stages()``."""
-
-    def stages(self) -> list[nn.Module]: ...
-
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -299,7 +293,7 @@ class EncoderSpec:
         Channels of the five stage outputs.
     """
 
-    build: Callable[[int], nn.Module]
+    build: Callable[[int], StagedEncoder]
     channels: tuple[int, int, int, int, int]
 
 
@@ -447,7 +441,7 @@ class DeepLabV3Plus(nn.Module):
         self.upsampling = upsampling
         self.output_stride = encoder_output_stride
         self.encoder = spec.build(in_channels)
-        stages = cast(_StagedEncoder, self.encoder).stages()
+        stages = self.encoder.stages()
         for stage, rate in _DILATED_STAGES[encoder_output_stride]:
             replace_strides_with_dilation(stages[stage - 1], rate)
         self.decoder = DeepLabV3PlusDecoder(
