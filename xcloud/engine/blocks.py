@@ -86,9 +86,11 @@ def _nodata_mask(image: np.ndarray, task: BlockTask,
     empty = np.isnan(image).all(axis=0)
     if task.nodata is not None:
         empty |= (image == np.float32(task.nodata)).all(axis=0)
-    check_input(image, ~empty & np.isfinite(image).all(axis=0), _band_names(task))
+    finite = np.isfinite(image).all(axis=0)
+    bands = _band_names(task)
+    check_input(image, ~empty & finite, bands)
     return empty | invalid_pixels(image, empty, invalid=task.invalid, token=task.token,
-                                  region=region, bands=_band_names(task))
+                                  region=region, bands=bands, finite=finite)
 
 
 def _band_names(task: BlockTask) -> tuple[str, ...]:

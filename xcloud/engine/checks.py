@@ -105,12 +105,15 @@ def check_input(image: np.ndarray, valid: np.ndarray, bands: Sequence[str]) -> N
     chosen = reflectance_bands(bands)
     if not n_valid or not chosen:
         return
-    bands = [bands[i] for i in chosen]
-    values = image[chosen][:, valid]
-    with np.errstate(invalid="ignore"):
-        high = np.count_nonzero(values > DN_LIKE, axis=1)
-        low = np.count_nonzero(values < MIN_REFLECTANCE, axis=1)
-    for band, above, below in zip(bands, high, low, strict=True):
+    # band by band, on masks: no copy of the chunk's values (this runs for every chunk)
+    sample = (np.flatnonzero(valid)[::max(1, n_valid // 20000)]  # enough for a median
+              if n_valid >= DARK_MIN_PIXELS else None)
+    medians = []
+    for index in chosen:
+        band, values = bands[index], image[index]
+        with np.errstate(invalid="ignore"):
+            above = np.count_nonzero((values > DN_LIKE) & valid)
+            below = np.count_nonzero((values < MIN_REFLECTANCE) & valid)
         if above > n_valid // 2:
             raise InvalidReflectanceError(
                 f"band {band}: most values exceed a reflectance of {DN_LIKE:g}: it looks like "
@@ -123,34 +126,37 @@ def check_input(image: np.ndarray, valid: np.ndarray, bands: Sequence[str]) -> N
                 "cannot be below -0.1 (the -1000 DN offset of baseline >= 04.00 on DN 1): an "
                 "offset applied twice or a wrong one (check the items' raster:bands offset and "
                 "earthsearch:boa_offset_applied, or the offset= you passed)")
-    if n_valid >= DARK_MIN_PIXELS:
-        step = max(1, n_valid // 20000)  # a sample is enough for a median
-        medians = np.nanmedian(values[:, ::step], axis=1)
-        if np.all(medians < DARK_LIMIT):
-            raise InvalidReflectanceError(
-                f"the chunk is far too dark in every band (medians "
-                f"{', '.join(f'{b} {m:.4f}' for b, m in zip(bands, medians, strict=True))}, "
-                f"all below {DARK_LIMIT:g}): real scenes are brighter; a scale off by a "
-                "factor of 10 (e.g. DN / 100000)? Check scale= or the items' raster:bands")
+        if sample is not None:
+            medians.append((band, float(np.median(values.ravel()[sample]))))
+    if medians and all(median < DARK_LIMIT for _, median in medians):
+        raise InvalidReflectanceError(
+            f"the chunk is far too dark in every band (medians "
+            f"{', '.join(f'{b} {m:.4f}' for b, m in medians)}, all below {DARK_LIMIT:g}): "
+            "real scenes are brighter; a scale off by a factor of 10 (e.g. DN / 100000)? "
+            "Check scale= or the items' raster:bands")
 
 
 def invalid_pixels(image: np.ndarray, empty: np.ndarray, *, invalid: str, token: str = "",
                    region: tuple[slice, slice] | None = None,
-                   bands: Sequence[str] | None = None) -> np.ndarray:
+                   bands: Sequence[str] | None = None,
+                   finite: np.ndarray | None = None) -> np.ndarray:
     """Pixels (y, x) that are not no data but cannot be valid: NaN or infinity in some bands
     but not all, or values outside [:data:`MIN_REFLECTANCE`, :data:`MAX_REFLECTANCE`].
 
     With ``invalid="raise"`` their presence raises :class:`InvalidReflectanceError`; with
     ``"nodata"`` they are returned (to be marked no data), counted for ``token`` and reported
     with an :class:`InvalidPixelsWarning`, those inside ``region`` only (a chunk's own pixels,
-    not its halo, so that each pixel is counted once).
+    not its halo, so that each pixel is counted once). ``finite`` (y, x), all bands finite,
+    is computed when not given.
     """
-    finite = np.isfinite(image)
-    reflectance = image if bands is None else image[reflectance_bands(bands)]
-    with np.errstate(invalid="ignore"):
-        outside = (reflectance < MIN_REFLECTANCE) | (reflectance > MAX_REFLECTANCE)
-    partial = ~finite.all(axis=0) & ~empty
-    absurd = outside.any(axis=0) & ~empty & ~partial
+    if finite is None:
+        finite = np.isfinite(image).all(axis=0)
+    outside = np.zeros(empty.shape, bool)
+    for index in range(len(image)) if bands is None else reflectance_bands(bands):
+        with np.errstate(invalid="ignore"):
+            outside |= (image[index] < MIN_REFLECTANCE) | (image[index] > MAX_REFLECTANCE)
+    partial = ~finite & ~empty
+    absurd = outside & ~empty & ~partial
     bad = partial | absurd
     if not bad.any():
         return bad

@@ -11,6 +11,7 @@ where the object is a :class:`ModelEntry` (or a callable returning one or a list
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import inspect
 import os
@@ -161,6 +162,14 @@ def _refuse_corrupt_copy(entry: ModelEntry, path: str | Path) -> None:
             "it)")
 
 
+@functools.lru_cache(maxsize=32)
+def _provenance_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The sha256 for a mask's provenance, once per file version (a job that calls predict
+    per scene with the same weights hashes them once; checks before loading never cache)."""
+    del size, mtime_ns  # the cache key: a rewritten file is hashed again
+    return sha256(path)
+
+
 def weights_origin(entry: ModelEntry, weights: str | os.PathLike[str]) -> dict[str, str]:
     """Provenance of a weights file given as ``weights=``, for the mask's attributes:
     its path, sha256 and ``published`` (one of the model's published or shipped files) or
@@ -176,7 +185,8 @@ def weights_origin(entry: ModelEntry, weights: str | os.PathLike[str]) -> dict[s
         return origin | ({"xcloud:weights_sha256": expected} if expected else {})
     if not path.is_file():
         return {"xcloud:weights": text, "xcloud:weights_origin": "user"}
-    digest = sha256(path)
+    stat = path.stat()
+    digest = _provenance_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     published = any(digest in hashes for hashes in known_weights(entry).values())
     return {"xcloud:weights": str(path), "xcloud:weights_sha256": digest,
             "xcloud:weights_origin": "published" if published else "user"}
