@@ -498,11 +498,15 @@ def _update_attrs(writer: _Writer, group: str, updates: Mapping[str, Any] | None
 def _named_like_store(writer: _Writer, dataset: xr.Dataset) -> xr.Dataset:
     """A mask appended to a store written before xcloud named its variable ``cloud_mask``
     (``cloudmask``, the accessor's name) keeps the store's name."""
-    if not _is_group(writer.location) or len(dataset.data_vars) != 1:
+    location = writer.location
+    if (not _is_group(location) or _template_pending(location, "")
+            or len(dataset.data_vars) != 1):  # an unfinished template is written again
         return dataset
     name = next(iter(dataset.data_vars))
-    arrays = set(_open(writer, "", mode="r").array_keys())  # read whatever state it is in
-    stored = [n for n in MASK_VARIABLE_NAMES if n in arrays]
+    # a fresh listing of the store's own names (not through zarr, whose file system would
+    # keep what it listed and miss the template being cleared and written again)
+    present = set(location.list(""))
+    stored = [n for n in MASK_VARIABLE_NAMES if n in present]
     if name in MASK_VARIABLE_NAMES and len(stored) == 1 and stored[0] != name:
         return dataset.rename({name: stored[0]})
     return dataset
@@ -683,12 +687,20 @@ def _write_template(writer: _Writer, group: str, dataset: xr.Dataset,
                              "Zarr store; choose another store or pass overwrite=True")
     location.write(marker, json.dumps({"group": group}).encode())
     location.delete_tree(writer.markers(group))
+    _forget_listings(writer.store)
     # mode "a" on a group cleared above: "w" would delete the store's .xcloud/ (the lease)
     _template(dataset, attrs).to_zarr(writer.store, group=group or None, mode="a",
                                       compute=False, consolidated=False,
                                       zarr_format=writer.zarr_format,
                                       encoding=_encoding(dataset, writer.zarr_format))
     location.delete(marker)
+
+
+def _forget_listings(store: Any) -> None:
+    """Drop what zarr's file system has listed of the store (it may have been cleared)."""
+    fs = getattr(store, "fs", None)
+    if fs is not None and hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
 
 
 def _intent_file(group: str) -> str:
