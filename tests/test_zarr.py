@@ -91,7 +91,8 @@ def test_round_trip_keeps_values_coords_crs_and_attributes(predicted, tmp_path, 
     store = tmp_path / "mask.zarr"
     summary = to_zarr(predicted, store, zarr_format=zarr_format)
     assert (summary.chunks_written, summary.chunks_skipped, summary.times_appended) == (4, 0, 1)
-    back = xr.open_zarr(store, decode_coords="all")
+    # format 2 has one fill value, which xr.open_zarr decodes as _FillValue; open_mask does not
+    back = xcloud.open_mask(store)
     expected = predicted.compute()
     np.testing.assert_array_equal(back["cloud_mask"].values, expected.values)
     assert back["cloud_mask"].dtype == np.uint8
@@ -107,6 +108,30 @@ def test_round_trip_keeps_values_coords_crs_and_attributes(predicted, tmp_path, 
     assert back.attrs["xcloud:complete"] is True
     assert back["cloud_mask"].encoding["chunks"] == (1, 64, 64)
     assert predicted.attrs["source_items"] == ["S2B_33UUU_20240601_0_L1C"]  # caller's untouched
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_unwritten_chunks_read_as_no_data(tmp_path, zarr_format):
+    """The fill value of every stored mask is its no-data value: a chunk whose object is not
+    (yet) written reads as no data, never as class 0."""
+    store = tmp_path / "m.zarr"
+    mask = synthetic_mask(times=(T0,))
+    to_zarr(mask, store, zarr_format=zarr_format)
+    array = zarr.open_array(str(store / "cloudmask"), mode="r", zarr_format=zarr_format)
+    assert array.fill_value == 255 == mask.attrs["nodata"]
+    chunk_file(store, "0.1.2", zarr_format).unlink()
+    raw = zarr.open_array(str(store / "cloudmask"), mode="r", zarr_format=zarr_format)[:]
+    assert (raw[0, 32:64, 64:96] == 255).all()
+    expected = mask.values
+    np.testing.assert_array_equal(raw[0, :32], expected[0, :32])
+    kept = xcloud.open_mask(store)["cloudmask"]
+    assert kept.dtype == np.uint8 and (kept.values[0, 32:64, 64:96] == 255).all()
+    # xarray's default decoding: format 2 reads no data as NaN, format 3 keeps the classes
+    decoded = xr.open_zarr(store)["cloudmask"].values
+    if zarr_format == 2:
+        np.testing.assert_array_equal(np.isnan(decoded), raw == 255)
+    else:
+        np.testing.assert_array_equal(decoded, raw)
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

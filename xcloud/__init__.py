@@ -22,7 +22,7 @@ from .data.load import load
 from .data.search import search
 from .engine import load_counts, local_cluster, predict
 from .outputs.stac import write_item
-from .outputs.zarr import to_zarr
+from .outputs.zarr import open_mask, to_zarr
 from .pipeline import mask_items
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ __all__ = [
     "local_cluster",
     "mask_items",
     "models",
+    "open_mask",
     "predict",
     "search",
     "to_zarr",

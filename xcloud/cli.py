@@ -115,9 +115,9 @@ def _print_fractions(mask: Any) -> None:
 
 
 def _report(job, seconds: float) -> None:
-    import xarray as xr
+    from .outputs.zarr import open_mask
 
-    stored = xr.open_zarr(job.store, storage_options=job.storage_options or None)
+    stored = open_mask(job.store, storage_options=job.storage_options or None)
     mask = stored[next(iter(stored.data_vars))]
     pixels = int(np.prod(mask.shape))
     summary = job.summary
@@ -278,9 +278,9 @@ def _demo(args: argparse.Namespace) -> int:
                 **options,
             )
     _report(job, time.perf_counter() - start)
-    import xarray as xr
+    from .outputs.zarr import open_mask
 
-    stored = xr.open_zarr(job.store)[job.mask.name]
+    stored = open_mask(job.store)[job.mask.name]
     png = write_quicklook(out / "quicklook.png", stored, job.data)
     print(f"quick-look: {png}")
     if args.plot:

@@ -6,13 +6,14 @@ from .cf import mask_attrs, probability_attrs
 from .plot import class_fractions, plot_mask, save_plot
 from .quicklook import write_quicklook
 from .stac import mask_item, validate_item, write_item
-from .zarr import ZarrWriteSummary, to_zarr
+from .zarr import ZarrWriteSummary, open_mask, to_zarr
 
 __all__ = [
     "ZarrWriteSummary",
     "class_fractions",
     "mask_attrs",
     "mask_item",
+    "open_mask",
     "plot_mask",
     "probability_attrs",
     "save_plot",

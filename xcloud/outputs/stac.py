@@ -44,7 +44,7 @@ from ..data.load import SOURCE_ITEMS_ATTR
 from ..engine.attributes import MASK_VARIABLE
 from ..errors import CrsError, StacError
 from .store import StoreLocation, store_location
-from .zarr import grid_transform
+from .zarr import grid_transform, open_mask
 
 __all__ = [
     "ASSET_KEY",
@@ -169,7 +169,7 @@ def write_item(
         item.make_asset_hrefs_relative()
         item.save_object(include_self_link=False, dest_href=str(path))
         return path
-    dataset = xr.open_zarr(location.zarr_store())
+    dataset = open_mask(location.url, storage_options=location.storage_options)
     item = mask_item(dataset, href=location.url, item_id=item_id, source_items=source_items,
                      datetime=datetime)
     target = location.sibling(f"{safe_name(item.id)}.json")
@@ -349,7 +349,7 @@ def _as_dataset(mask: xr.DataArray | xr.Dataset | str | os.PathLike[str]) -> xr.
         return mask
     if isinstance(mask, xr.DataArray):
         return mask.to_dataset(name=mask.name or MASK_VARIABLE, promote_attrs=True)
-    return xr.open_zarr(mask)
+    return open_mask(mask)
 
 
 def _main_variable(dataset: xr.Dataset) -> xr.DataArray:

@@ -91,6 +91,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from xarray.backends.zarr import ZarrStore
 
 from .._optional import import_optional
 from ..data.load import SOURCE_ITEMS_ATTR, ReadFailure, take_read_failures
@@ -100,7 +101,8 @@ from ..errors import StoreWriteError, ZarrStoreError
 from .lease import DEFAULT_LEASE_TTL, Lease, hold_lease
 from .store import StoreLocation, store_location
 
-__all__ = ["APPEND_DIM", "STATE_PREFIX", "ZarrWriteSummary", "grid_transform", "to_zarr"]
+__all__ = ["APPEND_DIM", "STATE_PREFIX", "ZarrWriteSummary", "grid_transform", "open_mask",
+           "to_zarr"]
 
 APPEND_DIM = "time"
 """The dimension new scenes are appended along (chunks of 1 in the store)."""
@@ -303,6 +305,43 @@ def to_zarr(
 
 
 # -- preparing the mask ---------------------------------------------------------------------
+
+
+def open_mask(
+    store: str | os.PathLike[str],
+    *,
+    group: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    consolidated: bool | None = None,
+) -> xr.Dataset:
+    """Open a store written by `to_zarr` lazily, with its masks as written.
+
+    Both formats read alike: masks keep their integer classes and their no-data value (the
+    arrays' fill value). ``xr.open_zarr`` decodes a format 2 array's fill value as CF's
+    ``_FillValue``, so that masks of a format 2 store come back as floats with NaN where
+    there is no data (format 3 keeps the fill value apart; xarray 2026.9 ignores
+    ``use_zarr_fill_value_as_mask=False`` in ``open_zarr``).
+
+    Parameters
+    ----------
+    store
+        The store's path or URL (``s3://``, ``gs://``, ...).
+    group
+        A level of a multiscale store (``"r20m"``); None for the full resolution.
+    storage_options
+        Options of the object store's fsspec file system (URLs only).
+    consolidated
+        Whether to read the consolidated metadata (None: where there is some).
+
+    Returns
+    -------
+    xarray.Dataset
+        The store's variables as Dask arrays in the store's chunks, CRS as ``spatial_ref``.
+    """
+    location = store_location(store, storage_options)
+    opened = ZarrStore.open_group(location.zarr_store(), group=group, mode="r",
+                                  consolidated=consolidated, use_zarr_fill_value_as_mask=False)
+    return xr.open_dataset(opened, chunks={}, decode_coords="all")
 
 
 def _check_factors(factors: Sequence[int]) -> tuple[int, ...]:
@@ -513,8 +552,10 @@ def _named_like_store(writer: _Writer, dataset: xr.Dataset) -> xr.Dataset:
 
 
 def _read(writer: _Writer, group: str) -> xr.Dataset:
-    return xr.open_zarr(writer.store, group=group or None, consolidated=False,
-                        zarr_format=writer.zarr_format)
+    opened = ZarrStore.open_group(writer.store, group=group or None, mode="r",
+                                  consolidated=False, zarr_format=writer.zarr_format,
+                                  use_zarr_fill_value_as_mask=False)
+    return xr.open_dataset(opened, chunks={})
 
 
 def _unfinished(writer: _Writer) -> bool:
@@ -638,13 +679,33 @@ def _rechunk_like_store(writer: _Writer, group: str, dataset: xr.Dataset) -> xr.
 # -- templates ------------------------------------------------------------------------------
 
 
-def _template(dataset: xr.Dataset, attrs: Mapping[str, Any]) -> xr.Dataset:
-    """``dataset`` with empty Dask arrays of the same chunks as data and no encodings."""
+def _template(dataset: xr.Dataset, attrs: Mapping[str, Any],
+              new_arrays_format: int | None = None) -> xr.Dataset:
+    """``dataset`` with empty Dask arrays of the same chunks as data and no encodings;
+    ``new_arrays_format``: the format of arrays it creates (None: it extends existing ones)."""
     data_vars = {name: (v.dims, da.empty(v.shape, dtype=v.dtype, chunks=v.data.chunks),
-                        v.attrs) for name, v in dataset.data_vars.items()}
+                        _template_attrs(v, new_arrays_format))
+                 for name, v in dataset.data_vars.items()}
     coords = {name: xr.Variable(c.dims, _portable(c.values), c.attrs)
               for name, c in dataset.coords.items()}
     return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
+
+
+def _stored_fill_value(variable: xr.DataArray) -> int | None:
+    """The no-data value of an integer mask, which unwritten chunks must read as."""
+    nodata = variable.attrs.get("nodata")
+    return int(nodata) if nodata is not None and variable.dtype.kind in "iu" else None
+
+
+def _template_attrs(variable: xr.DataArray, zarr_format: int | None) -> dict[Hashable, Any]:
+    """Format 2 has one fill value, set through ``_FillValue`` when the array is created
+    (xarray moves it into the array's metadata); format 3 keeps the array's fill value apart
+    (see ``_encoding``)."""
+    attrs = dict(variable.attrs)
+    fill_value = _stored_fill_value(variable)
+    if zarr_format == 2 and fill_value is not None:
+        attrs["_FillValue"] = fill_value
+    return attrs
 
 
 def _portable(values: np.ndarray) -> np.ndarray:
@@ -656,9 +717,9 @@ def _encoding(dataset: xr.Dataset, zarr_format: int) -> dict[Hashable, dict[str,
     encoding: dict[Hashable, dict[str, Any]] = {}
     for name, variable in dataset.data_vars.items():
         encoding[name] = {"chunks": tuple(c[0] for c in variable.data.chunks)}
-        nodata = variable.attrs.get("nodata")
-        if zarr_format == 3 and nodata is not None and variable.dtype.kind in "iu":
-            encoding[name]["fill_value"] = int(nodata)  # unwritten chunks read as no data
+        fill_value = _stored_fill_value(variable)
+        if zarr_format == 3 and fill_value is not None:
+            encoding[name]["fill_value"] = fill_value  # unwritten chunks read as no data
     if APPEND_DIM in dataset.coords and dataset[APPEND_DIM].dtype.kind == "M":
         encoding[APPEND_DIM] = dict(_TIME_ENCODING)
     return encoding
@@ -689,10 +750,10 @@ def _write_template(writer: _Writer, group: str, dataset: xr.Dataset,
     location.delete_tree(writer.markers(group))
     _forget_listings(writer.store)
     # mode "a" on a group cleared above: "w" would delete the store's .xcloud/ (the lease)
-    _template(dataset, attrs).to_zarr(writer.store, group=group or None, mode="a",
-                                      compute=False, consolidated=False,
-                                      zarr_format=writer.zarr_format,
-                                      encoding=_encoding(dataset, writer.zarr_format))
+    template = _template(dataset, attrs, writer.zarr_format)
+    template.to_zarr(writer.store, group=group or None, mode="a", compute=False,
+                     consolidated=False, zarr_format=writer.zarr_format,
+                     encoding=_encoding(dataset, writer.zarr_format))
     location.delete(marker)
 
 
@@ -714,9 +775,9 @@ def _extend_template(writer: _Writer, group: str, todo: xr.Dataset, attrs: Mappi
     size = int(_read(writer, group).sizes[APPEND_DIM])
     writer.location.write(intent, json.dumps({"time_size": size}).encode())
     # xarray rewrites the group attributes on append: hand it the current ones
-    _template(todo, attrs).to_zarr(writer.store, group=group or None, mode="a",
-                                   append_dim=APPEND_DIM, compute=False, consolidated=False,
-                                   zarr_format=writer.zarr_format)
+    template = _template(todo, attrs)
+    template.to_zarr(writer.store, group=group or None, mode="a", append_dim=APPEND_DIM,
+                     compute=False, consolidated=False, zarr_format=writer.zarr_format)
     _update_attrs(writer, group, updates)
     writer.location.delete(intent)
 
