@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -315,6 +318,38 @@ def test_package_import_does_not_load_the_kernels():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+PREDICT_OFF_GRID = """
+import json, warnings
+import xcloud
+from xcloud.data import resample
+from xcloud.synthetic import synthetic_scene
+warnings.simplefilter("ignore")
+xcloud.predict(synthetic_scene(96), model="ukis-6b-l1c")  # a 30 m model on 10 m data
+kernels = [resample._block_sums_kernel, resample._polyphase_kernel]
+print(json.dumps([[len(k.stats.cache_hits), len(k.stats.cache_misses)] for k in kernels]))
+"""
+
+
+def run_predict_off_grid(cache: Path) -> list[list[int]]:
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    result = subprocess.run([sys.executable, "-c", PREDICT_OFF_GRID], capture_output=True,
+                            text=True, check=True, env=environment)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_compiled_kernels_are_what_predict_calls_off_the_model_grid(tmp_path):
+    """compile_kernels fills numba's cache with the signatures predict's chunks call: a later
+    process loads each of them from the cache and compiles none (a container image can be
+    built with the cache in it)."""
+    cache = tmp_path / "numba-cache"
+    assert run_predict_off_grid(cache) == [[0, 2], [0, 1]]  # empty cache: compiled
+    fresh = tmp_path / "fresh-cache"
+    code = "from xcloud.data.resample import compile_kernels; compile_kernels()"
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "NUMBA_CACHE_DIR": str(fresh)})
+    assert run_predict_off_grid(fresh) == [[2, 0], [1, 0]]
 
 
 # ---------------------------------------------------------------- Dask and xarray
