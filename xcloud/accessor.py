@@ -1,4 +1,10 @@
-"""The ``.cloudmask`` accessor on xarray Datasets and DataArrays (stateless)."""
+"""The ``.cloudmask`` accessors on xarray Datasets and DataArrays (stateless).
+
+As rioxarray's ``.rio``, one accessor per xarray type, each offering what works on it:
+:class:`CloudMaskDataset` (bands as variables: ``predict``; masks as variables: ``to_zarr``)
+and :class:`CloudMaskArray` (a band stack or a mask: ``predict`` and ``to_zarr``, and on a
+class mask ``plot`` and ``fraction``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import xarray as xr
 
 from .data.load import DEFAULT_CHUNK
-from .errors import DatasetError
 from .outputs.lease import DEFAULT_LEASE_TTL
 
 if TYPE_CHECKING:
@@ -18,15 +23,19 @@ if TYPE_CHECKING:
     from .outputs.plot import TimeSelector
     from .outputs.zarr import ZarrWriteSummary
 
-__all__ = ["CloudMaskAccessor"]
+__all__ = ["CloudMaskArray", "CloudMaskBase", "CloudMaskDataset"]
 
 
-class CloudMaskAccessor:
-    """``obj.cloudmask.predict(model=...)``: cloud masks of Sentinel-2 bands.
+class CloudMaskBase:
+    """What both accessors offer: ``obj.cloudmask.predict(model=...)`` (cloud masks of
+    Sentinel-2 bands) and ``mask.cloudmask.to_zarr(store)`` (a mask, or a Dataset of masks
+    and probabilities, to Zarr). The accessor holds nothing but the object it was reached
+    from.
 
-    ``mask.cloudmask.to_zarr(store)`` writes a mask to Zarr, ``mask.cloudmask.plot(data)``
-    draws it with a legend and ``mask.cloudmask.fraction()`` gives the fraction of each class.
-    The accessor holds nothing but the object it was reached from.
+    Parameters
+    ----------
+    obj
+        The Dataset or DataArray the accessor was reached from.
     """
 
     def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
@@ -56,7 +65,20 @@ class CloudMaskAccessor:
         bands: Sequence[str] | None = None,
         strict: bool = False,
     ) -> xr.DataArray:
-        """Run :func:`xcloud.predict` on this object; see it for the keyword arguments."""
+        """Run :func:`xcloud.predict` on this object (its bands).
+
+        Parameters
+        ----------
+        model, weights, output, device, runtime, batch_size, halo, boundary, tile_size, \
+tile_overlap, tile_anchor, tile_blend, nodata, invalid, resolution, scale, offset, \
+chunk_size, bands, strict
+            As for :func:`xcloud.predict`.
+
+        Returns
+        -------
+        xarray.DataArray
+            The mask (or probabilities), lazy for Dask-backed bands.
+        """
         from .engine.predict import predict
 
         return predict(
@@ -80,7 +102,21 @@ class CloudMaskAccessor:
         storage_options: Mapping[str, Any] | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> ZarrWriteSummary:
-        """Write this mask with :func:`xcloud.outputs.to_zarr`; see it for the keyword arguments."""
+        """Write this mask (or Dataset of masks) with :func:`xcloud.to_zarr`, chunk by chunk.
+
+        Parameters
+        ----------
+        store
+            The store's path or URL.
+        multiscales, consolidated, zarr_format, overwrite, scheduler, progress, \
+storage_options, lease_ttl
+            As for :func:`xcloud.to_zarr`.
+
+        Returns
+        -------
+        ZarrWriteSummary
+            What was written and skipped.
+        """
         from .outputs.zarr import to_zarr
 
         return to_zarr(
@@ -88,6 +124,39 @@ class CloudMaskAccessor:
             zarr_format=zarr_format, overwrite=overwrite, scheduler=scheduler,
             progress=progress, storage_options=storage_options, lease_ttl=lease_ttl,
         )
+
+
+
+@xr.register_dataset_accessor("cloudmask")
+class CloudMaskDataset(CloudMaskBase):
+    """``ds.cloudmask``: ``predict`` on a Dataset of bands (one variable per band) and
+    ``to_zarr`` of a Dataset of masks. Plots and class fractions need one mask: use them on
+    the mask, ``mask.cloudmask.plot(ds)``.
+
+    Parameters
+    ----------
+    obj
+        The Dataset the accessor was reached from.
+    """
+
+    def __init__(self, obj: xr.Dataset) -> None:
+        super().__init__(obj)
+
+
+@xr.register_dataarray_accessor("cloudmask")
+class CloudMaskArray(CloudMaskBase):
+    """``da.cloudmask``: ``predict`` on a band stack (a ``band`` dimension), ``to_zarr``, and on
+    a class mask (from ``predict(output="class")``) ``plot`` and ``fraction``.
+
+    Parameters
+    ----------
+    obj
+        The DataArray the accessor was reached from.
+    """
+
+    def __init__(self, obj: xr.DataArray) -> None:
+        super().__init__(obj)
+        self._mask = obj
 
     def plot(
         self,
@@ -101,29 +170,40 @@ class CloudMaskAccessor:
         legend: bool = True,
         title: str | None = None,
     ) -> Any:
-        """Draw this mask with :func:`xcloud.outputs.plot.plot_mask` (true colour from
-        ``data``, legend); see it for the keyword arguments. Returns the Axes."""
+        """Draw this class mask over the true colour of ``data``, with a legend.
+
+        Parameters
+        ----------
+        data
+            The bands the mask was predicted from (B04, B03, B02 give the true colour); None
+            draws the mask alone.
+        ax, time, max_size, alpha, brightness, legend, title
+            As for :func:`xcloud.outputs.plot.plot_mask`.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+            The axes drawn on.
+        """
         from .outputs.plot import plot_mask
 
-        return plot_mask(self._class_mask(), data, ax=ax, time=time, max_size=max_size,
+        return plot_mask(self._mask, data, ax=ax, time=time, max_size=max_size,
                          alpha=alpha, brightness=brightness, legend=legend, title=title)
 
     def fraction(self, *, by_time: bool = True) -> xr.DataArray:
-        """Fraction of each class per time step, :func:`xcloud.outputs.plot.class_fractions`
-        (lazy for a Dask-backed mask); see it for the keyword arguments."""
+        """Fraction of each class among the valid pixels, and of no data among all.
+
+        Parameters
+        ----------
+        by_time
+            One fraction per time step (True) or over the whole mask (False).
+
+        Returns
+        -------
+        xarray.DataArray
+            As :func:`xcloud.outputs.plot.class_fractions` returns it (lazy for a Dask-backed
+            mask).
+        """
         from .outputs.plot import class_fractions
 
-        return class_fractions(self._class_mask(), by_time=by_time)
-
-    def _class_mask(self) -> xr.DataArray:
-        """The object as a class mask; a Dataset raises what the plot helpers raise."""
-        if not isinstance(self._obj, xr.DataArray):
-            raise DatasetError(
-                "a class mask is needed: a DataArray with flag_values/flag_meanings attributes "
-                "(from xcloud.predict with output='class'); probabilities have no classes"
-            )
-        return self._obj
-
-
-xr.register_dataset_accessor("cloudmask")(CloudMaskAccessor)
-xr.register_dataarray_accessor("cloudmask")(CloudMaskAccessor)
+        return class_fractions(self._mask, by_time=by_time)
