@@ -67,28 +67,44 @@ def test_entry_point_plugins_are_registered(tmp_path, monkeypatch, scene):
     sys.modules.pop("plugin_pkg", None)
 
 
+def _run_in_a_fresh_process(code: str) -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_first_lookups_from_many_threads_all_find_the_builtin_models():
     """The first get() in a fresh process must not let other threads see an empty registry."""
-    import subprocess
-    import sys
+    _run_in_a_fresh_process("""
+        import threading
+        import xcloud.models.registry as r
+        errors = []
+        def look():
+            try:
+                r.get('ukis-6b-l1c')
+            except Exception as error:
+                errors.append(repr(error))
+        threads = [threading.Thread(target=look) for _ in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not errors, errors
+    """)
 
-    code = (
-        "import threading\n"
-        "import xcloud.models.registry as r\n"
-        "errors = []\n"
-        "def look():\n"
-        "    try:\n"
-        "        r.get('ukis-6b-l1c')\n"
-        "    except Exception as error:\n"
-        "        errors.append(repr(error))\n"
-        "threads = [threading.Thread(target=look) for _ in range(8)]\n"
-        "[t.start() for t in threads]\n"
-        "[t.join() for t in threads]\n"
-        "assert not errors, errors\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
+
+def test_import_xcloud_loads_no_network_runtime_and_no_model_until_a_lookup():
+    """The registry names the built-in models' modules; the first lookup imports them."""
+    _run_in_a_fresh_process("""
+        import sys
+        import xcloud, xcloud.models, xcloud.evaluation
+        from xcloud.models import registry
+        builtin = set(registry._BUILTIN_MODULES)
+        loaded = {'torch', 'onnxruntime', *builtin} & set(sys.modules)
+        assert not loaded, sorted(loaded)
+        assert 'ukis-6b-l1c' in xcloud.models.list()
+        assert builtin <= set(sys.modules), sorted(builtin - set(sys.modules))
+    """)
 
 
 class _FirstBandCloud(xcloud.models.BaseCloudModel):

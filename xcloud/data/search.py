@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime as _datetime
 from datetime import timezone
 from pathlib import Path
@@ -69,8 +67,9 @@ def search(
         part of the answer); how many times a failed request (connection error, timeout, HTTP
         429/500/502/503/504) is tried again; and the pause before the first retry in seconds,
         doubled at each further retry (``backoff * 2**k``, at most 60 s). Other HTTP errors
-        (400, 404, ...) are not retried. A request therefore gives up after at most
-        ``(retries + 1) * timeout`` plus the pauses.
+        (400, 404, ...) are not retried, nor is an answer cut off after its headers (the
+        retries are urllib3's, through pystac-client's ``StacApiIO``). A request therefore
+        gives up after at most ``(retries + 1) * timeout`` plus the pauses.
 
     Returns
     -------
@@ -103,8 +102,8 @@ def search(
                 "with `query`, `bbox`, `datetime`, `ids` and `collections` only"
             )
         return pystac.ItemCollection(_search_static(path, **criteria))
-    policy = _RetryPolicy(timeout=timeout, retries=retries, backoff=backoff)
-    client = _open_client(str(url), headers=headers, policy=policy)
+    client = _open_client(str(url), headers=headers, timeout=timeout, retries=retries,
+                          backoff=backoff)
     try:
         found = client.search(filter=filter, filter_lang=filter_lang, sortby=sortby,
                               limit=limit, **criteria)
@@ -124,61 +123,42 @@ def _local_path(url: str | Path) -> Path | None:
     return path
 
 
-def _open_client(url: str, *, headers: Mapping[str, str] | None,
-                 policy: _RetryPolicy) -> Any:
+def _open_client(url: str, *, headers: Mapping[str, str] | None, timeout: float,
+                 retries: int, backoff: float) -> Any:
     client_module = import_optional("pystac_client", extra="geo")
-    stac_io = _stac_io_class()(max_retries=None)
-    stac_io.policy = policy
+    stac_io = _stac_io_class()(retries=retries, backoff=backoff)
     try:  # Client.open sets the headers and timeout of stac_io (None would mean no timeout)
-        return client_module.Client.open(url, headers=dict(headers or {}),
-                                         timeout=policy.timeout, stac_io=stac_io)
+        return client_module.Client.open(url, headers=dict(headers or {}), timeout=timeout,
+                                         stac_io=stac_io)
     except Exception as error:
         raise StacError(f"cannot open the STAC API at {url}: {error}") from error
 
 
-@dataclass(frozen=True)
-class _RetryPolicy:
-    timeout: float
-    retries: int
-    backoff: float
-
-    def wait(self, retry: int) -> float:
-        """Seconds to pause before retry number ``retry`` (0-based)."""
-        return min(self.backoff * 2.0**retry, _MAX_WAIT)
-
-
-def _retryable(error: Exception) -> tuple[bool, str]:
-    """Whether a failed request is worth repeating, and what went wrong in words."""
+def _problem(error: Exception) -> tuple[bool, str]:
+    """Whether a failed request was worth repeating, and what went wrong in words."""
     import requests
+    import urllib3
 
     status = getattr(error, "status_code", None)
     if status is not None:
         body = " ".join(str(error).split())[:200]
         return status in RETRY_STATUS, f"HTTP {status} ({body})" if body else f"HTTP {status}"
     cause = error.__context__ or error
-    if isinstance(cause, requests.Timeout):
+    reason = getattr(cause.args[0], "reason", None) if cause.args else None
+    if isinstance(cause, requests.Timeout) or isinstance(reason, urllib3.exceptions.TimeoutError):
         return True, f"no answer within the timeout ({cause})"
     if isinstance(cause, requests.ConnectionError):
         return True, f"connection failed ({cause})"
     return False, str(error)
 
 
-def _request_with_retries(send: Callable[[], str], policy: _RetryPolicy, what: str) -> str:
-    """``send()`` until it succeeds, a non-retryable error or the retries run out."""
-    from pystac_client.exceptions import APIError
-
-    for attempt in range(policy.retries + 1):
-        try:
-            return send()
-        except APIError as error:
-            retry, problem = _retryable(error)
-            if not retry or attempt == policy.retries:
-                tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
-                advice = ("check the API's status page, or raise `retries=`/`timeout=`"
-                          if retry else "check the URL and the search parameters")
-                raise StacError(f"{what} failed after {tries}: {problem}; {advice}") from error
-            time.sleep(policy.wait(attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
+def _failure(error: Exception, attempts: int, what: str) -> StacError:
+    """The StacError for a request that failed, the last of ``attempts`` tries."""
+    retry, problem = _problem(error)
+    tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    advice = ("check the API's status page, or raise `retries=`/`timeout=`"
+              if retry else "check the URL and the search parameters")
+    return StacError(f"{what} failed after {tries}: {problem}; {advice}")
 
 
 def _link_key(link: Mapping[str, Any], parameters: Mapping[str, Any] | None) -> str:
@@ -215,21 +195,49 @@ def _new_entries(page: dict[str, Any], seen: set[str], url: str, number: int) ->
 
 @functools.cache
 def _stac_io_class() -> type:
-    """pystac-client's StacApiIO with xcloud's retries and paging checks (built on first use)."""
+    """pystac-client's StacApiIO with urllib3's retries and paging checks (built on first use).
+
+    urllib3's Retry repeats a request that fails to connect, times out waiting for the answer
+    or is answered with one of :data:`RETRY_STATUS` (any method: searches are POSTs), pausing
+    ``backoff * 2**k`` before retry ``k``; the last answer, failed or not, comes back to
+    pystac-client, which raises it as an APIError.
+    """
     import_optional("pystac_client", extra="geo")
     from pystac.link import Link
+    from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
+
+    class DoublingRetry(Retry):
+        def get_backoff_time(self) -> float:  # urllib3 skips the pause before the first retry
+            if not self.history:
+                return 0.0
+            return min(self.backoff_factor * 2.0 ** (len(self.history) - 1), self.backoff_max)
 
     class RetryingStacApiIO(StacApiIO):
-        policy = _RetryPolicy(timeout=30.0, retries=4, backoff=0.5)
+        def __init__(self, *, retries: int, backoff: float) -> None:
+            super().__init__(max_retries=DoublingRetry(
+                total=retries, backoff_factor=backoff, backoff_max=_MAX_WAIT,
+                status_forcelist=RETRY_STATUS, allowed_methods=None, raise_on_status=False,
+                respect_retry_after_header=False))
+            self.retries = retries
+            self.attempts: int | None = None  # of the last request answered
+            self.session.hooks["response"].append(self._count_attempts)
+
+        def _count_attempts(self, response: Any, *args: Any, **kwargs: Any) -> None:
+            retried = getattr(response.raw, "retries", None)
+            self.attempts = len(retried.history) + 1 if retried is not None else 1
 
         def request(self, href: str, method: str | None = None,
                     headers: dict[str, str] | None = None,
                     parameters: dict[str, Any] | None = None) -> str:
-            def send() -> str:
-                return StacApiIO.request(self, href, method, headers, parameters)
-
-            return _request_with_retries(send, self.policy, f"{method or 'GET'} {href}")
+            self.attempts = None
+            try:
+                return super().request(href, method, headers, parameters)
+            except APIError as error:
+                # the attempts of the answer, or (none came) all that urllib3 allowed
+                attempts = self.attempts or self.retries + 1
+                raise _failure(error, attempts, f"{method or 'GET'} {href}") from error
 
         def get_pages(self, url: str, method: str | None = None,
                       parameters: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:

@@ -27,6 +27,11 @@ each other; where both are shared, ``cloud`` is preferred.)
 The mapping of each scheme to the KappaMask classes (Domnich et al. 2021, Table 1) follows from
 the meanings too, see :meth:`LabelScheme.kappamask_class`.
 
+The schemes of the models' masks (``ukis-csmask``, ``s2cloudless``, ``kappamask-km-predict``,
+``cloudsen12``, ``sensei-v2``, ``sensei-v2-4class``) are the models' class schemes
+(:mod:`xcloud.models.classes`) with a meaning for each class
+(:meth:`LabelScheme.from_class_scheme`): their classes are written once, there.
+
 Sources and caveats:
 
 - ``kappamask`` is the KappaSet label coding (0 missing .. 5 undefined).
@@ -52,8 +57,11 @@ import numpy as np
 
 from ..errors import DatasetError, XcloudError
 from ..models.classes import (
+    CLOUDSEN12_SCHEME,
     KAPPAMASK_SCHEME,
     S2CLOUDLESS_SCHEME,
+    SENSEI_V2_4CLASS_SCHEME,
+    SENSEI_V2_SCHEME,
     UKIS_SCHEME,
     ClassScheme,
 )
@@ -110,6 +118,8 @@ MISSING = frozenset({"missing"})
 UNDEFINED = frozenset({"undefined"})
 _SCORED = CLEAR | SHADOW | CLOUD
 _UNSCORED = (MISSING, UNDEFINED)
+_NAMED_MEANINGS = {"clear": CLEAR, "cloud_shadow": SHADOW, "thin_cloud": THIN,
+                   "thick_cloud": THICK, "undefined": UNDEFINED}
 
 
 class SchemeError(XcloudError, ValueError):
@@ -197,12 +207,28 @@ class LabelScheme:
                 raise SchemeError(f"{self.name}: class {c.name} has meaning {set(c.meaning)}")
 
     @classmethod
-    def from_class_scheme(cls, scheme: ClassScheme, meanings: Mapping[str, frozenset[str]], *,
+    def from_class_scheme(cls, scheme: ClassScheme,
+                          meanings: Mapping[str, frozenset[str]] | None = None, *,
                           source: str = "") -> LabelScheme:
-        """The label scheme of a model's :class:`ClassScheme`; its no-data class is missing."""
-        classes = tuple(SchemeClass(c.value, c.name, meanings[c.name]) for c in scheme.classes)
-        nodata = SchemeClass(scheme.nodata.value, scheme.nodata.name, MISSING)
-        return cls(scheme.name, (*classes, nodata), source=source)
+        """The label scheme of a model's :class:`ClassScheme`, its classes in channel order.
+
+        ``meanings`` maps class names to meanings; classes named as a class of the ``full``
+        level (``clear``, ``cloud_shadow``, ``thin_cloud``, ``thick_cloud``) or ``undefined``
+        mean that class unless it says otherwise. The no-data class is missing (listed once,
+        also where the network predicts it).
+        """
+        known = {**_NAMED_MEANINGS, **(meanings or {})}
+        nodata = scheme.nodata
+        unnamed = [c.name for c in scheme.classes
+                   if c.value != nodata.value and c.name not in known]
+        if unnamed:
+            raise SchemeError(f"{scheme.name}: classes {unnamed} have no meaning; pass "
+                              "meanings={name: meaning} for them")
+        classes = tuple(SchemeClass(c.value, c.name, MISSING if c.value == nodata.value
+                                    else known[c.name]) for c in scheme.classes)
+        extra = () if nodata.value in scheme.values else (
+            SchemeClass(nodata.value, nodata.name, MISSING),)
+        return cls(scheme.name, (*classes, *extra), source=source)
 
     @property
     def values(self) -> tuple[int, ...]:
@@ -289,11 +315,6 @@ KAPPAMASK = _scheme(
     (0, "missing", MISSING), (1, "clear", CLEAR), (2, "cloud_shadow", SHADOW),
     (3, "semi_transparent_cloud", THIN), (4, "cloud", THICK), (5, "undefined", UNDEFINED),
 )
-KAPPAMASK_KM_PREDICT = _scheme(
-    KAPPAMASK_SCHEME.name, "KappaMask models' masks (km_predict product coding: value = channel)",
-    *((c.value, c.name, meaning) for c, meaning in zip(
-        KAPPAMASK_SCHEME.classes, (UNDEFINED, CLEAR, SHADOW, THIN, THICK, MISSING), strict=True)),
-)
 SEN2COR_SCL = _scheme(
     "sen2cor-scl", "Sentinel-2 L2A scene classification (Sen2Cor SCL); KappaMask Table 1: "
     "cloud medium and high probability -> cloud, thin cirrus -> semi-transparent, surfaces, "
@@ -318,22 +339,6 @@ FMSC = _scheme(
     "fmsc", "Sentinel-2 Cloud Mask Catalogue (Francis et al. 2020), classification masks",
     (0, "clear", CLEAR), (1, "cloud", CLOUD), (2, "cloud_shadow", SHADOW),
 )
-CLOUDSEN12 = _scheme(
-    "cloudsen12", "CloudSEN12 labels (Aybar et al. 2022)",
-    (0, "clear", CLEAR), (1, "thick_cloud", THICK), (2, "thin_cloud", THIN),
-    (3, "cloud_shadow", SHADOW), (255, "no_data", MISSING),
-)
-SENSEI_V2 = _scheme(
-    "sensei-v2", "SEnSeI-v2 7-class output (Francis 2024)",
-    (0, "land", CLEAR), (1, "water", CLEAR), (2, "snow", CLEAR), (3, "thin_cloud", THIN),
-    (4, "thick_cloud", THICK), (5, "cloud_shadow", SHADOW), (6, "no_data", MISSING),
-)
-SENSEI_V2_4CLASS = _scheme(
-    "sensei-v2-4class", "SEnSeI-v2 '4-class' output (Francis 2024): clear, thick, thin, "
-    "shadow, in the order of the released CloudMask and of the 4-class published models",
-    (0, "clear", CLEAR), (1, "thick_cloud", THICK), (2, "thin_cloud", THIN),
-    (3, "cloud_shadow", SHADOW), (255, "no_data", MISSING),
-)
 SENSEI_V2_VALID = _scheme(
     "sensei-v2-valid-invalid", "SEnSeI-v2 'valid-invalid' output (Francis 2024)",
     (0, "valid", CLEAR), (1, "invalid", INVALID),
@@ -343,10 +348,25 @@ UKIS_TESTFILE = _scheme(
     (0, "cloud_shadow", SHADOW), (1, "clear_1", CLEAR), (2, "clear_2", CLEAR),
     (3, "clear_3", CLEAR), (4, "cloud", CLOUD),
 )
-UKIS = LabelScheme.from_class_scheme(
-    UKIS_SCHEME, {"clear": CLEAR, "cloud": CLOUD, "cloud_shadow": SHADOW},
-    source="ukis-csmask models (Wieland et al. 2019)",
+
+# the models' outputs: their class schemes, each class given its meaning
+KAPPAMASK_KM_PREDICT = LabelScheme.from_class_scheme(
+    KAPPAMASK_SCHEME, {"semi_transparent_cloud": THIN, "cloud": THICK},
+    source="KappaMask models' masks (km_predict product coding: value = channel)",
 )
+CLOUDSEN12 = LabelScheme.from_class_scheme(
+    CLOUDSEN12_SCHEME, source="CloudSEN12 labels (Aybar et al. 2022)")
+SENSEI_V2 = LabelScheme.from_class_scheme(
+    SENSEI_V2_SCHEME, {"land": CLEAR, "water": CLEAR, "snow": CLEAR},
+    source="SEnSeI-v2 7-class output (Francis 2024)",
+)
+SENSEI_V2_4CLASS = LabelScheme.from_class_scheme(
+    SENSEI_V2_4CLASS_SCHEME,
+    source="SEnSeI-v2 '4-class' output (Francis 2024): clear, thick, thin, shadow, in the "
+    "order of the released CloudMask and of the 4-class published models",
+)
+UKIS = LabelScheme.from_class_scheme(
+    UKIS_SCHEME, {"cloud": CLOUD}, source="ukis-csmask models (Wieland et al. 2019)")
 S2CLOUDLESS = LabelScheme.from_class_scheme(
     S2CLOUDLESS_SCHEME, {"clear": NOT_CLOUD, "cloud": CLOUD},
     source="s2cloudless (no shadow class: its clear is clear or shadow)",

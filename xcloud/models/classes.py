@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["KAPPAMASK_SCHEME", "S2CLOUDLESS_SCHEME", "UKIS_SCHEME", "ClassScheme", "CloudClass"]
+__all__ = [
+    "CLOUDSEN12_SCHEME",
+    "KAPPAMASK_SCHEME",
+    "NO_DATA",
+    "S2CLOUDLESS_SCHEME",
+    "SENSEI_V2_4CLASS_SCHEME",
+    "SENSEI_V2_SCHEME",
+    "UKIS_SCHEME",
+    "ClassScheme",
+    "CloudClass",
+]
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,24 @@ S2CLOUDLESS_SCHEME = ClassScheme(
     nodata=NO_DATA,
 )
 
+
+
+def _clear_thick_thin_shadow(clear: str, thick: str) -> tuple[CloudClass, ...]:
+    """0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow (CloudSEN12's labels, and the
+    4-class SEnSeI-v2 output), with these descriptions of the first two."""
+    return (CloudClass(0, "clear", clear, "#4daf4a"),
+            CloudClass(1, "thick_cloud", thick, "#ffffff"),
+            CloudClass(2, "thin_cloud", "thin (semi-transparent) cloud", "#a6cee3"),
+            CloudClass(3, "cloud_shadow", "cloud shadow", "#555555"))
+
+
+CLOUDSEN12_SCHEME = ClassScheme(
+    name="cloudsen12",
+    classes=_clear_thick_thin_shadow("clear surface", "thick (opaque) cloud"),
+    nodata=NO_DATA,
+)
+"""CloudSEN12's label values; output channel ``k`` is value ``k``."""
+
 _KAPPAMASK_MISSING = CloudClass(5, "missing", "missing or invalid input (KappaMask's MISSING)",
                                "#000000")
 
@@ -140,16 +168,9 @@ engine also writes it where the input is all NaN). Masks read as the ``sensei-v2
 scheme of :mod:`xcloud.evaluation.schemes`.
 """
 
-__all__.append("SENSEI_V2_SCHEME")
-
 SENSEI_V2_4CLASS_SCHEME = ClassScheme(
     name="sensei-v2-4class",
-    classes=(
-        CloudClass(0, "clear", "clear surface (land, water or snow)", "#4daf4a"),
-        CloudClass(1, "thick_cloud", "thick cloud", "#ffffff"),
-        CloudClass(2, "thin_cloud", "thin (semi-transparent) cloud", "#a6cee3"),
-        CloudClass(3, "cloud_shadow", "cloud shadow", "#555555"),
-    ),
+    classes=_clear_thick_thin_shadow("clear surface (land, water or snow)", "thick cloud"),
     nodata=NO_DATA,
 )
 """The 4 output channels of the published 4-class SEnSeI-v2 models (``CLASSES: 4``:
@@ -162,5 +183,3 @@ order") and which a 7-class model's output is summed into. Channel ``k`` is clas
 These networks have no no-data channel: pixels without input are marked 255, as for the other
 models without one.
 """
-
-__all__.append("SENSEI_V2_4CLASS_SCHEME")

@@ -62,7 +62,7 @@ import torch
 
 from ..errors import MissingWeightsError, WeightsError
 from ._checkpoint import load_state, read_checkpoint
-from .classes import ClassScheme, CloudClass
+from .classes import CLOUDSEN12_SCHEME
 from .fetch import resolve_weights
 from .protocol import ModelInfo, Normalization
 from .registry import ModelEntry, register
@@ -79,18 +79,6 @@ __all__ = [
     "pad_to_multiple",
     "read_state_dict",
 ]
-
-CLOUDSEN12_SCHEME = ClassScheme(
-    name="cloudsen12",
-    classes=(
-        CloudClass(0, "clear", "clear surface", "#4daf4a"),
-        CloudClass(1, "thick_cloud", "thick (opaque) cloud", "#ffffff"),
-        CloudClass(2, "thin_cloud", "thin (semi-transparent) cloud", "#a6cee3"),
-        CloudClass(3, "cloud_shadow", "cloud shadow", "#555555"),
-    ),
-    nodata=CloudClass(255, "no_data", "no valid input data", "#000000"),
-)
-"""CloudSEN12's label values; output channel ``k`` is value ``k``."""
 
 _L1C = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
         "B12")

@@ -1,5 +1,9 @@
 """The model registry: built-in models plus those other packages register by entry point.
 
+The built-in models' modules are named here, not imported: the first lookup imports them, and
+each registers its models with :func:`register` (the model modules import the registry, never
+the other way round, so ``import xcloud`` loads no network runtime).
+
 A third-party package registers models in its ``pyproject.toml``::
 
     [project.entry-points."xcloud.models"]
@@ -13,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import importlib
 import inspect
 import os
 import pickle
@@ -192,6 +197,11 @@ def weights_origin(entry: ModelEntry, weights: str | os.PathLike[str]) -> dict[s
             "xcloud:weights_origin": "published" if published else "user"}
 
 
+_BUILTIN_MODULES: tuple[str, ...] = tuple(f"{__package__}.{name}" for name in (
+    "cloudsen12", "dl_l8s2_uv", "kappamask", "s2cloudless", "sensei", "ukis"))
+"""The modules of the built-in models, imported on the first lookup (:func:`get`,
+:func:`list_models`), not with the registry: each calls :func:`register` for its models."""
+
 _REGISTRY: dict[str, ModelEntry] = {}
 _LOCK = threading.Lock()
 _LOAD_LOCK = threading.RLock()
@@ -233,8 +243,8 @@ def _load_plugins() -> None:
         return
     with _LOAD_LOCK:
         if not _STATE["builtins_loaded"]:
-            # the modules register themselves
-            from . import cloudsen12, dl_l8s2_uv, kappamask, s2cloudless, sensei, ukis  # noqa: F401
+            for module in _BUILTIN_MODULES:  # each registers its models when imported
+                importlib.import_module(module)
             _STATE["builtins_loaded"] = True
         if _STATE["entry_points_loaded"]:
             return
