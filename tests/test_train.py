@@ -1,6 +1,11 @@
-"""Training KappaMask on synthetic KappaSet-format tiles: learning, checkpoints, resume, CLI."""
+"""Training KappaMask on synthetic KappaSet-format tiles: learning, checkpoints, resume, CLI;
+the shared epoch loop; ``xcloud.train``'s signature without torch at import."""
 
 from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +14,7 @@ import torch
 from xcloud.evaluation.metrics import ConfusionMatrix
 from xcloud.models.kappamask import load_checkpoint
 from xcloud.training.kappaset import KappaSetDataset, synthetic_kappaset
+from xcloud.training.loop import LoopState, fit
 from xcloud.training.train import (
     LABEL_TO_CHANNEL,
     N_CLASSES,
@@ -108,3 +114,66 @@ def test_train_command(tiles, tmp_path, capsys):
     assert main(["train", "--data", str(tiles), "--out", str(out), "--epochs", "1",
                  "--depth", "3", "--filters", "4", "--quiet"]) == 0
     assert out.exists() and "best epoch 0" in capsys.readouterr().out
+
+
+class _Scheduler:
+    """Records what the loop steps it on."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def step(self, value: float) -> None:
+        self.values.append(value)
+
+
+def _run_fit(losses, *, epochs, patience, state=None):
+    """:func:`fit` over the given validation losses; ``(state, scheduled, saved at best)``."""
+    scheduler, saved = _Scheduler(), []
+
+    def save(state):
+        saved.append(state.history[-1]["epoch"])
+
+    state = fit(epochs=epochs, train_epoch=lambda epoch: {"train_loss": -epoch},
+                validate=lambda: {"val_loss": losses.pop(0)},
+                optimizer=type("Optimizer", (), {"param_groups": [{"lr": 0.5}]})(),
+                scheduler=scheduler, monitor=lambda entry: entry["val_loss"],
+                schedule_on=lambda entry: entry["train_loss"], patience=patience,
+                state=state, on_best=save)
+    return state, scheduler.values, saved
+
+
+def test_fit_keeps_the_best_epoch_and_stops_early():
+    state, scheduled, saved = _run_fit([3.0, 2.0, 2.0, 2.5, 1.0], epochs=5, patience=2)
+    assert [e["epoch"] for e in state.history] == [0, 1, 2, 3]
+    assert state.history[1] == {"epoch": 1, "train_loss": -1, "val_loss": 2.0,
+                                "learning_rate": 0.5}
+    assert (state.best_epoch, state.bad_epochs, state.stopped_early) == (1, 2, True)
+    assert scheduled == [0, -1, -2, -3] and saved == [0, 1]
+
+
+def test_fit_resumes_where_a_state_stands():
+    first, _, _ = _run_fit([3.0, 2.0], epochs=2, patience=None)
+    state, scheduled, saved = _run_fit([2.5, 1.0], epochs=4, patience=None,
+                                       state=LoopState(list(first.history), first.best_epoch))
+    assert [e["epoch"] for e in state.history] == [0, 1, 2, 3]
+    assert scheduled == [-2, -3] and saved == [3] and not state.stopped_early
+    assert _run_fit([], epochs=0, patience=1)[0] == LoopState()
+
+
+def test_xcloud_train_has_the_real_signature_and_docstring():
+    import xcloud
+
+    assert inspect.signature(xcloud.train) == inspect.signature(train)
+    assert xcloud.train.__doc__ == train.__doc__ and "Parameters" in train.__doc__
+    parameters = inspect.signature(xcloud.train).parameters
+    assert list(parameters)[:2] == ["data", "checkpoint"]
+    assert all(p.kind is p.KEYWORD_ONLY for name, p in parameters.items() if name != "data")
+
+
+def test_import_xcloud_does_not_import_torch():
+    code = ("import sys, inspect, xcloud; inspect.signature(xcloud.train); "
+            "import xcloud.training.loop; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -13,8 +13,6 @@ Importing xcloud registers the ``.cloudmask`` accessor on xarray objects::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from . import accessor as _accessor  # noqa: F401  (registers .cloudmask)
 from . import errors, models
 from ._version import __version__
@@ -24,21 +22,7 @@ from .engine import load_counts, local_cluster, predict
 from .outputs.stac import write_item
 from .outputs.zarr import open_mask, to_zarr
 from .pipeline import mask_items
-
-if TYPE_CHECKING:
-    # type checkers see the real signature; at run time torch is imported on the first call
-    from .training.train import train
-else:
-
-    def train(*args: Any, **kwargs: Any) -> Any:
-        """Train KappaMask on KappaSet tiles, or SEnSeI-v2 on partial labels of any scheme.
-
-        See :func:`xcloud.training.train.train`.
-        """
-        from .training.train import train as _train
-
-        return _train(*args, **kwargs)
-
+from .training.train import train  # imports torch on the first call only
 
 __all__ = [
     "__version__",

@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {**dict.fromkeys(__all__, "kappaset"), "train": "trai
 
 
 def __getattr__(name: str) -> Any:
+    """The public ``name``, imported from its module on first use."""
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -53,4 +54,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The module's names and the public ones not imported yet."""
     return sorted({*globals(), *__all__})

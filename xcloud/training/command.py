@@ -9,6 +9,7 @@ __all__ = ["add_train_command"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Train as the parsed ``args`` say and print the summary; the exit status (0)."""
     from .train import summarize, train
 
     result = train(
@@ -29,7 +30,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_train_command(commands: Any) -> None:
-    """Register ``xcloud train`` on an argparse sub-parser collection."""
+    """Register ``xcloud train`` on an argparse sub-parser collection.
+
+    Parameters
+    ----------
+    commands
+        What ``argparse.ArgumentParser.add_subparsers`` returned.
+    """
     parser = commands.add_parser(
         "train", help="train a KappaMask U-Net on KappaSet-format NetCDF tiles",
         description="Train KappaMask (dice loss, Adam, learning rate reduced on plateau, early "

@@ -77,6 +77,7 @@ def _as_float(logits: Any) -> Any:
 
 
 def _reduce(loss: Any, valid: Any, reduction: str) -> Any:
+    """Per-pixel ``loss`` zeroed outside ``valid``, then reduced as ``reduction`` says."""
     loss = loss * valid
     if reduction == "none":
         return loss
@@ -86,6 +87,7 @@ def _reduce(loss: Any, valid: Any, reduction: str) -> Any:
 
 
 def _check_reduction(reduction: str) -> None:
+    """Raise ``ValueError`` unless ``reduction`` is one of :data:`REDUCTIONS`."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
@@ -125,8 +127,18 @@ def ambiguous_mse(logits: Any, multi_hot: Any, *, ignore_empty: bool = True,
                   reduction: str = "mean") -> Any:
     """``[(1 - s)^2 / k + sum over non-candidates of p_j^2] / C`` per pixel (see the module).
 
-    Parameters are those of :func:`ambiguous_cross_entropy`; ``s`` is the softmax mass on the
-    ``k`` candidate classes. Equals ``mse_loss(softmax(logits), one_hot)`` for one-hot labels.
+    ``s`` is the softmax mass on the ``k`` candidate classes. Equals
+    ``mse_loss(softmax(logits), one_hot)`` for one-hot labels.
+
+    Parameters
+    ----------
+    logits, multi_hot, ignore_empty, reduction
+        As in :func:`ambiguous_cross_entropy`.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss (float32 or wider).
     """
     import torch
 
@@ -142,10 +154,26 @@ def ambiguous_mse(logits: Any, multi_hot: Any, *, ignore_empty: bool = True,
 
 
 def labels_to_multi_hot(labels: Any, n_classes: int, *, ignore_index: int | None = None) -> Any:
-    """``(N, ...)`` class indices to ``(N, n_classes, ...)`` bool one-hot partial labels.
+    """Class indices as one-hot partial labels.
 
-    Pixels equal to ``ignore_index`` get an empty candidate set (left out by the losses).
-    Other values outside ``0 .. n_classes - 1`` raise :class:`~xcloud.errors.DatasetError`.
+    Parameters
+    ----------
+    labels
+        ``(N, ...)`` class indices (array or tensor).
+    n_classes
+        The number of classes ``C``.
+    ignore_index
+        Pixels equal to it get an empty candidate set (left out by the losses).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C, ...)`` bool.
+
+    Raises
+    ------
+    DatasetError
+        For other values outside ``0 .. n_classes - 1``.
     """
     import torch
 
@@ -161,9 +189,20 @@ def labels_to_multi_hot(labels: Any, n_classes: int, *, ignore_index: int | None
 
 
 def multi_hot_to_labels(multi_hot: Any, *, fill: int = -1) -> Any:
-    """``(N, C, ...)`` partial labels to ``(N, ...)`` class indices (int64).
+    """Partial labels as class indices where they name one class.
 
-    A pixel with exactly one candidate gets its index; an ambiguous or empty one ``fill``.
+    Parameters
+    ----------
+    multi_hot
+        ``(N, C, ...)`` partial labels (array or tensor, nonzero for a candidate).
+    fill
+        The index of an ambiguous or empty pixel.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, ...)`` int64: a pixel with exactly one candidate gets its index, others
+        ``fill``.
     """
     import torch
 

@@ -71,8 +71,9 @@ import os
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -81,6 +82,10 @@ from ..errors import DatasetError
 from ..evaluation import schemes as _schemes
 from ..synthetic import SPECTRA, smooth_field
 from .kappaset import synthetic_masks
+from .loop import Entry, LoopState, fit, optimiser, torch_device, train_steps
+
+if TYPE_CHECKING:
+    from .train import TrainResult
 
 __all__ = [
     "BN_BATCHES",
@@ -130,6 +135,7 @@ _FINE = {"clear": _SURFACE, "cloud_shadow": _SHADOW, "thin_cloud": _THIN,
 
 
 def _tag(text: str) -> str:
+    """``text`` lower-cased, runs of other characters than letters and digits as ``_``."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
@@ -164,6 +170,7 @@ class PartialScheme:
     source: str = ""
 
     def __post_init__(self) -> None:
+        """Freeze the sets and check the values and targets."""
         classes = {int(v): frozenset(t) for v, t in self.classes.items()}
         licences = {c: frozenset(_tag(t) for t in tags) for c, tags in self.licences.items()}
         unknown = set().union(*classes.values(), licences) - set(TARGET_CLASSES)
@@ -183,6 +190,19 @@ class PartialScheme:
 
         clear -> land|water|snow, shadow, thin and thick cloud as they are, missing ->
         no_data, undefined -> any class but no_data.
+
+        Parameters
+        ----------
+        scheme
+            The evaluation scheme.
+        name, licences, source
+            The partial scheme's name (default: ``scheme``'s), its licences (see
+            :class:`PartialScheme`) and source (default: ``scheme``'s).
+
+        Returns
+        -------
+        PartialScheme
+            The scheme's values as sets of target classes.
         """
         classes = {c.value: frozenset().union(*(_FINE[m] for m in c.meaning))
                    for c in scheme.classes}
@@ -195,7 +215,25 @@ class PartialScheme:
         return tuple(sorted(self.classes))
 
     def candidates(self, value: int, *, tags: Iterable[str] | None = None) -> frozenset[str]:
-        """Target classes label ``value`` may be, narrowed by the scene's ``tags`` if given."""
+        """Target classes label ``value`` may be, narrowed by the scene's ``tags`` if given.
+
+        Parameters
+        ----------
+        value
+            A label value of this scheme.
+        tags
+            The scene's tags (see the module docstring); ``None``: nothing is narrowed.
+
+        Returns
+        -------
+        frozenset of str
+            The candidate target classes (empty for a value to ignore).
+
+        Raises
+        ------
+        DatasetError
+            If ``value`` is not a label of this scheme.
+        """
         if value not in self.classes:
             raise DatasetError(f"{value} is not a label of scheme {self.name} "
                                f"({self.describe()})")
@@ -209,7 +247,19 @@ class PartialScheme:
         return (targets - ruled_out) or targets
 
     def lookup(self, *, tags: Iterable[str] | None = None) -> np.ndarray:
-        """``(256, 7)`` bool table: label value -> its multi-hot partial label."""
+        """Label value -> its multi-hot partial label, as a table.
+
+        Parameters
+        ----------
+        tags
+            The scene's tags, as in :meth:`candidates`.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(256, 7)`` bool: row ``v`` is the partial label of value ``v`` (all False for
+            values outside the scheme).
+        """
         tags = None if tags is None else list(tags)
         table = np.zeros((256, N_TARGETS), bool)
         for value in self.classes:
@@ -218,11 +268,30 @@ class PartialScheme:
         return table
 
     def to_multi_hot(self, labels: Any, *, tags: Iterable[str] | None = None) -> np.ndarray:
-        """``(7, *labels.shape)`` bool partial labels of integer ``labels``."""
+        """Multi-hot partial labels of integer ``labels``.
+
+        Parameters
+        ----------
+        labels
+            Integer labels of this scheme, any shape.
+        tags
+            The scene's tags, as in :meth:`candidates`.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(7, *labels.shape)`` bool, in :data:`TARGET_CLASSES` order.
+
+        Raises
+        ------
+        DatasetError
+            For labels that are not integers or not values of this scheme.
+        """
         labels = self._check(np.asarray(labels))
         return np.moveaxis(self.lookup(tags=tags)[labels], -1, 0)
 
     def _check(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` as ``intp``, checked to be integer values of this scheme."""
         if labels.dtype.kind not in "iub":
             raise DatasetError(f"{self.name} labels must be integers, got {labels.dtype}")
         if labels.size and (labels.min() < 0 or labels.max() > 255):
@@ -235,23 +304,46 @@ class PartialScheme:
         return labels.astype(np.intp, copy=False)
 
     def describe(self) -> str:
-        """``"0 clear: land|water|snow, 1 thick_cloud: thick_cloud, ..."``."""
+        """The values, their names and target classes as text.
+
+        Returns
+        -------
+        str
+            ``"0 clear: land|water|snow, 1 thick_cloud: thick_cloud, ..."``.
+        """
         return ", ".join(f"{v} {self.names.get(v, v)}: {self._targets_text(v)}"
                          for v in self.values)
 
     def _targets_text(self, value: int) -> str:
+        """``"land|water|snow"``: the target classes of ``value``, or ``"(ignored)"``."""
         targets = self.classes[value]
         return "|".join(c for c in TARGET_CLASSES if c in targets) or "(ignored)"
 
 
 def to_multi_hot(labels: Any, scheme: PartialScheme | str, *,
                  tags: Iterable[str] | None = None) -> np.ndarray:
-    """``(7, H, W)`` bool multi-hot partial labels of ``(H, W)`` labels in ``scheme``."""
+    """Multi-hot partial labels of ``labels`` in ``scheme``.
+
+    Parameters
+    ----------
+    labels
+        ``(H, W)`` integer labels.
+    scheme
+        A :class:`PartialScheme` or the name of a built-in one (:data:`PARTIAL_SCHEMES`).
+    tags
+        The scene's tags, as in :meth:`PartialScheme.candidates`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(7, H, W)`` bool, in :data:`TARGET_CLASSES` order.
+    """
     return get_partial_scheme(scheme).to_multi_hot(labels, tags=tags)
 
 
 def _named(name: str, source: str,
            *classes: tuple[int, str, frozenset[str]], **options: Any) -> PartialScheme:
+    """A scheme of ``(value, name, target classes)`` rows."""
     return PartialScheme(name, {v: t for v, _, t in classes}, {v: n for v, n, _ in classes},
                          source=source, **options)
 
@@ -319,7 +411,23 @@ PARTIAL_SCHEMES: dict[str, PartialScheme] = {
 
 
 def get_partial_scheme(scheme: PartialScheme | str) -> PartialScheme:
-    """The built-in :class:`PartialScheme` called ``scheme`` (or ``scheme`` itself)."""
+    """The built-in :class:`PartialScheme` called ``scheme`` (or ``scheme`` itself).
+
+    Parameters
+    ----------
+    scheme
+        A scheme, or a name of :data:`PARTIAL_SCHEMES`.
+
+    Returns
+    -------
+    PartialScheme
+        The scheme.
+
+    Raises
+    ------
+    DatasetError
+        For an unknown name; the message lists the known ones.
+    """
     if isinstance(scheme, PartialScheme):
         return scheme
     try:
@@ -332,7 +440,24 @@ def get_partial_scheme(scheme: PartialScheme | str) -> PartialScheme:
 def simulate_labels(truth: Any, scheme: PartialScheme | str) -> np.ndarray:
     """Labels a data set of ``scheme`` would give to pixels of target classes ``truth``.
 
-    Each target class goes to the one label value whose set contains it (uint8).
+    Each target class goes to the one label value whose set contains it.
+
+    Parameters
+    ----------
+    truth
+        Integer indices of :data:`TARGET_CLASSES`, any shape.
+    scheme
+        A :class:`PartialScheme` or the name of a built-in one.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 labels of ``scheme``, ``truth``'s shape.
+
+    Raises
+    ------
+    DatasetError
+        If a target class is in no label's set, or in several.
     """
     scheme = get_partial_scheme(scheme)
     table = np.zeros(N_TARGETS, np.uint8)
@@ -398,6 +523,7 @@ class PartialLabelDataset:
         self._check()
 
     def _check(self) -> None:
+        """Raise :class:`~xcloud.errors.DatasetError` for mismatched shapes or labels."""
         n, count = len(self.images), self.images.shape[1] if self.images.ndim == 4 else -1
         shapes_ok = (self.images.ndim == 4 and self.labels.shape == (n, *self.images.shape[2:])
                      and count == len(self.bands)
@@ -413,8 +539,26 @@ class PartialLabelDataset:
     @classmethod
     def from_kappaset(cls, data: Any, *, level: str = "L1C",
                       scale: float | None = None) -> PartialLabelDataset:
-        """KappaSet tiles (a folder or a :class:`~xcloud.training.kappaset.KappaSetDataset`),
-        read into memory: spectral bands as stored (reflectance), labels in :data:`KAPPASET`.
+        """KappaSet tiles read into memory, labels in :data:`KAPPASET`.
+
+        Parameters
+        ----------
+        data
+            A folder of KappaSet tiles or a
+            :class:`~xcloud.training.kappaset.KappaSetDataset`.
+        level, scale
+            The tiles' processing level and the factor from their band values to
+            reflectance, for a folder (see :class:`~xcloud.training.kappaset.KappaSetDataset`).
+
+        Returns
+        -------
+        PartialLabelDataset
+            The spectral bands as stored (reflectance), named ``"kappaset"``.
+
+        Raises
+        ------
+        DatasetError
+            If there are no tiles.
         """
         from .kappaset import KappaSetDataset
 
@@ -428,17 +572,31 @@ class PartialLabelDataset:
         return cls(np.stack(images), np.stack(labels), KAPPASET, bands=bands, name="kappaset")
 
     def __len__(self) -> int:
+        """The number of images."""
         return len(self.images)
 
     def __repr__(self) -> str:
+        """Name, images, bands and scheme."""
         return (f"PartialLabelDataset({self.name}: {len(self)} images, {len(self.bands)} bands, "
                 f"scheme {self.scheme.name})")
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image (B, H, W) float32, multi_hot (7, H, W) bool)`` of image ``index``."""
         return self.images[index], self.multi_hot(index)
 
     def multi_hot(self, index: int) -> np.ndarray:
-        """``(7, H, W)`` bool partial labels of image ``index``."""
+        """The partial labels of image ``index``, narrowed by its tags.
+
+        Parameters
+        ----------
+        index
+            The image.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(7, H, W)`` bool, in :data:`TARGET_CLASSES` order.
+        """
         tags = None if self.tags is None else self.tags[index]
         return self.scheme.to_multi_hot(self.labels[index], tags=tags)
 
@@ -452,7 +610,18 @@ class PartialLabelDataset:
         return self._descriptors
 
     def subset(self, indices: Sequence[int]) -> PartialLabelDataset:
-        """The images ``indices``, with this data set's options."""
+        """The images ``indices``, with this data set's options.
+
+        Parameters
+        ----------
+        indices
+            Indices of the images to keep, in the order to keep them.
+
+        Returns
+        -------
+        PartialLabelDataset
+            The images with their labels, tags and truth.
+        """
         indices = list(indices)
         return PartialLabelDataset(
             self.images[indices], self.labels[indices], self.scheme, bands=self.bands,
@@ -462,7 +631,25 @@ class PartialLabelDataset:
 
     def split(self, fraction: float = 0.2, *,
               seed: int = 0) -> tuple[PartialLabelDataset, PartialLabelDataset]:
-        """Random ``(train, validation)`` split by image, ``fraction`` to validation."""
+        """Random split by image.
+
+        Parameters
+        ----------
+        fraction
+            Part of the images that goes to validation, in [0, 1).
+        seed
+            Seed of the split.
+
+        Returns
+        -------
+        train, validation : PartialLabelDataset
+            The two parts, each in the original order.
+
+        Raises
+        ------
+        DatasetError
+            For a ``fraction`` outside [0, 1).
+        """
         if not 0 <= fraction < 1:
             raise DatasetError(f"fraction must be in [0, 1), got {fraction}")
         order = np.random.default_rng(seed).permutation(len(self))
@@ -471,7 +658,18 @@ class PartialLabelDataset:
 
 
 def is_partial_data(data: Any) -> bool:
-    """Whether ``data`` is a :class:`PartialLabelDataset` or a sequence of them."""
+    """Whether ``data`` is a :class:`PartialLabelDataset` or a sequence of them.
+
+    Parameters
+    ----------
+    data
+        What :func:`xcloud.training.train.train` was given.
+
+    Returns
+    -------
+    bool
+        True for a data set or a non-empty sequence of data sets only.
+    """
     if isinstance(data, PartialLabelDataset):
         return True
     return (isinstance(data, Sequence) and not isinstance(data, str) and bool(data)
@@ -494,6 +692,7 @@ SYNTHETIC_A_BANDS = ("B02", "B03", "B04", "B8A", "B11", "B12")
 
 
 def _truth(masks: dict[str, np.ndarray], rng: np.random.Generator, side: int) -> np.ndarray:
+    """A scene's target classes: land, water and snow fields under the masks' clouds."""
     water_field, snow_field = smooth_field(rng, side, side / 10), smooth_field(rng, side, side / 10)
     water = water_field > np.quantile(water_field, 0.8)
     snow = (snow_field > np.quantile(snow_field, 0.85)) & ~water
@@ -505,6 +704,7 @@ def _truth(masks: dict[str, np.ndarray], rng: np.random.Generator, side: int) ->
 
 def _band_values(masks: dict[str, np.ndarray], truth: np.ndarray, band: int,
                  rng: np.random.Generator) -> np.ndarray:
+    """Reflectance of band ``band`` over ``truth``: surfaces, shadows, clouds and noise."""
     soil = masks["soil"]
     land = (1 - soil) * SPECTRA["vegetation"][band] + soil * SPECTRA["soil"][band]
     surface = np.select([truth == 1, truth == 2],
@@ -525,11 +725,25 @@ def synthetic_partial_scene(size: int = 32, *, seed: Any = 0,
     clouds, darkened shadows beside them and a no-data corner (values 0), built like
     :func:`~xcloud.training.kappaset.synthetic_kappaset`'s scenes.
 
+    Parameters
+    ----------
+    size
+        Side of the scene in pixels (at least 16).
+    seed
+        Seed of the scene (anything ``numpy.random.default_rng`` takes).
+    bands
+        The Sentinel-2 bands to give, in order (default: all 13).
+
     Returns
     -------
     image, truth
         ``(len(bands), size, size)`` float32 reflectance and ``(size, size)`` uint8 indices
         of :data:`TARGET_CLASSES`.
+
+    Raises
+    ------
+    DatasetError
+        For ``size`` below 16.
     """
     if size < 16:
         raise DatasetError("synthetic_partial_scene needs size >= 16")
@@ -543,6 +757,7 @@ def synthetic_partial_scene(size: int = 32, *, seed: Any = 0,
 def _synthetic_dataset(scheme: PartialScheme, bands: Sequence[str], *, n_scenes: int,
                        size: int, seed: Any, random_bands: tuple[int, int] | None,
                        ) -> PartialLabelDataset:
+    """``n_scenes`` generated scenes labelled in ``scheme``, with their full truth."""
     scenes = [synthetic_partial_scene(size, seed=[*np.atleast_1d(seed), i], bands=bands)
               for i in range(n_scenes)]
     truth = np.stack([t for _, t in scenes])
@@ -562,6 +777,20 @@ def synthetic_partial_datasets(
     apart but lumps thin and thick cloud; ``B`` (:data:`SYNTHETIC_B`, all 13 bands by
     default) tells thin from thick cloud but lumps the clear surfaces. Both keep the full
     truth, so a model trained on both can be scored on every class.
+
+    Parameters
+    ----------
+    n_scenes, size, seed
+        Scenes per data set, their side in pixels and the seed of both data sets.
+    bands_a, bands_b
+        The Sentinel-2 bands of each data set.
+    random_bands_b
+        ``B``'s random band subsets in training (see :class:`PartialLabelDataset`).
+
+    Returns
+    -------
+    a, b : PartialLabelDataset
+        The two data sets.
     """
     a = _synthetic_dataset(SYNTHETIC_A, bands_a, n_scenes=n_scenes, size=size,
                            seed=[seed, 0], random_bands=None)
@@ -577,6 +806,8 @@ def synthetic_partial_datasets(
 
 @dataclass(frozen=True)
 class _Setup:
+    """A partial-label run's options: device, recovery weight, batches, progress."""
+
     device: Any
     aux_weight: float
     batch_size: int
@@ -586,6 +817,8 @@ class _Setup:
 
 
 class _Batch(NamedTuple):
+    """One batch's tensors, on the run's device."""
+
     image: Any  # (N, B, H, W)
     descriptors: Any  # (N, B, D)
     band_mask: Any  # (N, B) bool where samples have fewer bands than B, else None
@@ -629,6 +862,7 @@ def _plan(datasets: Sequence[PartialLabelDataset], batch_size: int, rng: np.rand
 
 
 def _band_choice(dataset: PartialLabelDataset, rng: np.random.Generator | None) -> np.ndarray:
+    """Indices of the bands an image gets: a random subset in training, else all."""
     count = len(dataset.bands)
     if rng is None or dataset.random_bands is None:
         return np.arange(count)
@@ -638,11 +872,13 @@ def _band_choice(dataset: PartialLabelDataset, rng: np.random.Generator | None) 
 
 def _sample(dataset: PartialLabelDataset, index: int,
             rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, descriptors, multi_hot)`` of one image, with its chosen bands."""
     bands = _band_choice(dataset, rng)
     return dataset.images[index, bands], dataset.descriptors[bands], dataset.multi_hot(index)
 
 
 def _pad(arrays: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """``arrays`` stacked, each padded with zeros to ``width`` along its first axis."""
     return np.stack([np.concatenate([a, np.zeros((width - len(a), *a.shape[1:]), a.dtype)])
                      for a in arrays])
 
@@ -667,8 +903,11 @@ def _batch(datasets: Sequence[PartialLabelDataset], pairs: np.ndarray, device: A
 
 
 def _losses(model: Any, batch: _Batch, setup: _Setup) -> tuple[Any, Any]:
-    """Ambiguous cross-entropy and, for SEnSeI-v2 with a recovery module
-    (``forward_with_recovery``), the recovery MSE from the same embedding."""
+    """Ambiguous cross-entropy and the recovery MSE (0 without one) of a batch.
+
+    The recovery MSE is SEnSeI-v2's (``forward_with_recovery``, when the network has a
+    recovery module and ``aux_weight`` is not 0), from the same embedding.
+    """
     from .losses import ambiguous_cross_entropy
 
     if setup.aux_weight and getattr(model, "recovery_module", None) is not None:
@@ -679,36 +918,24 @@ def _losses(model: Any, batch: _Batch, setup: _Setup) -> tuple[Any, Any]:
     return ambiguous_cross_entropy(logits, batch.multi_hot), logits.new_zeros(())
 
 
-def _device(name: str) -> Any:
-    """The torch device ``name`` (``"auto"``: CUDA when present)."""
-    import torch
-
-    from ..engine.device import resolve_device
-
-    return torch.device(resolve_device(name))
-
-
-def _progress(iterable: Any, *, show: bool, description: str) -> Iterator[Any]:
-    """``iterable``, with a tqdm bar when ``show`` and tqdm is installed."""
-    if show:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            show = False
-    yield from (tqdm(iterable, desc=description, leave=False) if show else iterable)
-
-
 def _train_epoch(model: Any, datasets: Sequence[PartialLabelDataset], optimizer: Any,
-                 setup: _Setup, rng: np.random.Generator, epoch: int) -> dict[str, float]:
-    model.train()
-    totals = np.zeros(2)
-    plan = _plan(datasets, setup.batch_size, rng, mix=setup.mix)
-    for pairs in _progress(plan, show=setup.progress, description=f"epoch {epoch}"):
+                 scaler: Any, setup: _Setup, rng: np.random.Generator, epoch: int) -> Entry:
+    """One epoch of :func:`~xcloud.training.loop.train_steps`, batch norm recalibrated after.
+
+    Returns ``train_loss`` (``train_ce + aux_weight * train_aux``), ``train_ce`` and
+    ``train_aux``, means over the batches (0 without any).
+    """
+
+    def step(pairs: np.ndarray) -> tuple[Any, tuple[float, ...]]:
+        """The batch's weighted loss, its cross-entropy and recovery MSE."""
         ce, aux = _losses(model, _batch(datasets, pairs, setup.device, rng), setup)
-        optimizer.zero_grad(set_to_none=True)
-        (ce + setup.aux_weight * aux).backward()
-        optimizer.step()
-        totals += [float(ce.detach()), float(aux.detach())]
+        return ce + setup.aux_weight * aux, (float(ce.detach()), float(aux.detach()))
+
+    plan = _plan(datasets, setup.batch_size, rng, mix=setup.mix)
+    totals = np.zeros(2)
+    for figures in train_steps(model, plan, step, optimizer, scaler=scaler,
+                               progress=setup.progress, description=f"epoch {epoch}"):
+        totals += figures
     ce, aux = (float(total) for total in totals / max(1, len(plan)))
     if setup.recalibrate:
         _recalibrate_batch_norm(model, datasets, setup, rng)
@@ -756,7 +983,9 @@ def _predictions(model: Any, dataset: PartialLabelDataset,
 
 
 def _validate(model: Any, datasets: Sequence[PartialLabelDataset],
-              setup: _Setup) -> dict[str, float]:
+              setup: _Setup) -> Entry:
+    """``val_loss_<data set>``: each data set's mean ambiguous cross-entropy over its batches;
+    ``val_loss``: their mean (nothing without validation images)."""
     from .losses import ambiguous_cross_entropy
 
     entry = {f"val_loss_{d.name}": float(np.mean([
@@ -765,15 +994,20 @@ def _validate(model: Any, datasets: Sequence[PartialLabelDataset],
     return {**entry, "val_loss": float(np.mean(list(entry.values())))} if entry else {}
 
 
-def _save(path: Path, model: Any, history: list[dict[str, float]],
-          datasets: Sequence[PartialLabelDataset]) -> None:
-    """SEnSeI-v2 with :func:`~xcloud.models.sensei.save_checkpoint`, other models as a dict."""
+def _save(path: Path, model: Any, datasets: Sequence[PartialLabelDataset],
+          state: LoopState) -> None:
+    """The best epoch's ``model`` to ``path``, with the history and the data sets' schemes.
+
+    SEnSeI-v2 with :func:`~xcloud.models.sensei_published.save_checkpoint`, other models as a
+    dict.
+    """
     import torch
 
     from ..models.sensei_encoder import SEnSeIv2
     from ..models.sensei_published import save_checkpoint
 
-    extra = {"epoch": history[-1]["epoch"], "history": history, "classes": list(TARGET_CLASSES),
+    extra = {"epoch": state.history[-1]["epoch"], "history": state.history,
+             "classes": list(TARGET_CLASSES),
              "datasets": {d.name: {"scheme": d.scheme.name, "bands": list(d.bands)}
                           for d in datasets}}
     if isinstance(model, SEnSeIv2):
@@ -852,34 +1086,31 @@ def train_partial(
     torch = import_optional("torch", extra="training")
     torch.manual_seed(seed)
     splits = [d.split(val_fraction, seed=seed) for d in _as_datasets(datasets)]
-    setup = _Setup(_device(device), float(aux_weight), batch_size, mix, recalibrate_bn,
+    setup = _Setup(torch_device(device), float(aux_weight), batch_size, mix, recalibrate_bn,
                    progress)
     model = model.to(setup.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=lr_factor,
-                                                           patience=lr_patience)
+    optimizer, scheduler = optimiser(model, learning_rate=learning_rate, lr_factor=lr_factor,
+                                     lr_patience=lr_patience)
     rng = np.random.default_rng(seed)
-    history: list[dict[str, float]] = []
-    best, bad_epochs = math.inf, 0
-    for epoch in range(epochs):
-        entry = {"epoch": epoch,
-                 **_train_epoch(model, [s[0] for s in splits], optimizer, setup, rng, epoch),
-                 **_validate(model, [s[1] for s in splits], setup),
-                 "learning_rate": optimizer.param_groups[0]["lr"]}
-        history.append(entry)
-        monitored = entry.get("val_loss", entry["train_loss"])
-        scheduler.step(monitored)
-        best, bad_epochs = (monitored, 0) if monitored < best else (best, bad_epochs + 1)
-        if checkpoint is not None and bad_epochs == 0:
-            _save(Path(checkpoint), model, history, [s[0] for s in splits])
-        if progress:
-            print(_epoch_line(entry), flush=True)
-        if patience is not None and bad_epochs >= patience:
-            break
-    return history
+    training, validation = [s[0] for s in splits], [s[1] for s in splits]
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=False)
+    state = fit(epochs=epochs,
+                train_epoch=partial(_train_epoch, model, training, optimizer, scaler, setup, rng),
+                validate=partial(_validate, model, validation, setup), optimizer=optimizer,
+                scheduler=scheduler, monitor=_monitored, patience=patience,
+                on_best=None if checkpoint is None else partial(_save, Path(checkpoint), model,
+                                                                training),
+                describe=_epoch_line if progress else None)
+    return state.history
 
 
-def _epoch_line(entry: dict[str, float]) -> str:
+def _monitored(entry: Entry) -> float:
+    """What picks the best epoch: ``val_loss`` with validation data, else ``train_loss``."""
+    return entry.get("val_loss", entry["train_loss"])
+
+
+def _epoch_line(entry: Entry) -> str:
+    """The line printed after an epoch."""
     validation = f", val loss {entry['val_loss']:.4f}" if "val_loss" in entry else ""
     return (f"epoch {entry['epoch']:>3}: train loss {entry['train_loss']:.4f} (ce "
             f"{entry['train_ce']:.4f}, aux {entry['train_aux']:.4f}){validation}, "
@@ -888,14 +1119,29 @@ def _epoch_line(entry: dict[str, float]) -> str:
 
 def evaluate_partial(model: Any, dataset: PartialLabelDataset, *, batch_size: int = 8,
                      device: str = "auto") -> Any:
-    """7-class :class:`~xcloud.evaluation.metrics.ConfusionMatrix` of ``model`` on ``dataset``.
+    """The 7-class confusion matrix of ``model`` on ``dataset``.
 
     Scored against the full ``truth`` where the data set has one, else against the labels
     with a single candidate (ambiguous pixels left out). All bands are used.
+
+    Parameters
+    ----------
+    model
+        A torch module as :func:`train_partial` takes.
+    dataset
+        The images to score.
+    batch_size, device
+        Images per forward pass and the torch device (``"auto"``: CUDA when present).
+
+    Returns
+    -------
+    xcloud.evaluation.metrics.ConfusionMatrix
+        Over :data:`TARGET_CLASSES`.
     """
     from ..evaluation.metrics import ConfusionMatrix
     from .losses import multi_hot_to_labels
-    setup = _Setup(_device(device), 0.0, batch_size, False, False, False)
+
+    setup = _Setup(torch_device(device), 0.0, batch_size, False, False, False)
     matrix = ConfusionMatrix(N_TARGETS, ignore_index=N_TARGETS, class_names=TARGET_CLASSES)
     model = model.to(setup.device)
     for indices, batch, logits in _predictions(model, dataset, setup):
@@ -906,7 +1152,7 @@ def evaluate_partial(model: Any, dataset: PartialLabelDataset, *, batch_size: in
 
 
 def _network(model: Any, seed: int) -> Any:
-    """``model`` itself, or SEnSeI-v2 built from its name (``sensei-v2[-<head>]``)."""
+    """``model`` itself, or SEnSeI-v2 built from its name (``sensei-v2[-<head>]``), seeded."""
     if not isinstance(model, str):
         return model
     import torch
@@ -938,19 +1184,37 @@ def fit_partial(
     device: str = "auto",
     seed: int = 0,
     progress: bool = False,
-) -> Any:
+) -> TrainResult:
     """:func:`train_partial` as :func:`xcloud.training.train.train` runs it for partial labels.
 
-    ``data``: :class:`PartialLabelDataset` (s), KappaSet folders or
-    :class:`~xcloud.training.kappaset.KappaSetDataset` (s) (read with :data:`KAPPASET`);
-    ``model``: ``"sensei-v2"`` (SegFormer-B0 head), ``"sensei-v2-<head>"`` or a module. The
-    best epoch's weights go to ``checkpoint`` (default ``sensei-v2.safetensors``).
+    Parameters
+    ----------
+    data
+        :class:`PartialLabelDataset` (s), KappaSet folders or
+        :class:`~xcloud.training.kappaset.KappaSetDataset` (s) (read with :data:`KAPPASET`).
+    model
+        ``"sensei-v2"`` (SegFormer-B0 head), ``"sensei-v2-<head>"`` or a torch module.
+    checkpoint
+        Where the best epoch's weights go (default ``sensei-v2.safetensors``).
+    epochs, batch_size, learning_rate, val_fraction, patience, lr_patience, lr_factor
+        As in :func:`train_partial`.
+    resume
+        Not available: ``True`` raises ``ValueError``.
+    device, seed, progress
+        As in :func:`train_partial`; ``seed`` also seeds a built network's weights.
 
     Returns
     -------
     xcloud.training.train.TrainResult
         History, best epoch (lowest ``val_loss``, or ``train_loss`` without validation) and
-        whether it stopped early.
+        whether it stopped early (fewer epochs than ``epochs``).
+
+    Raises
+    ------
+    ValueError
+        For ``resume=True``.
+    xcloud.errors.UnknownModelError
+        For a model name that is not ``sensei-v2[-<head>]``.
     """
     from .train import TrainResult
 
@@ -962,6 +1226,6 @@ def fit_partial(
         learning_rate=learning_rate, val_fraction=val_fraction, patience=patience,
         lr_patience=lr_patience, lr_factor=lr_factor, checkpoint=path, device=device,
         seed=seed, progress=progress)
-    monitored = [entry.get("val_loss", entry["train_loss"]) for entry in history]
+    monitored = [_monitored(entry) for entry in history]
     return TrainResult(path, history, best_epoch=int(np.argmin(monitored)) if history else -1,
                        stopped_early=len(history) < epochs)

@@ -11,7 +11,9 @@ Soft dice loss on the softmax of the classifier's output (or cross-entropy), Ada
 rate reduced when the validation dice stops improving, early stopping on the validation loss, a
 random 80/20 train/validation split by tile, the best checkpoint (with its bands and min/max
 normalisation) kept, and a resumable state file beside it. CPU works; CUDA is used when
-present, with mixed precision.
+present, with mixed precision. The epochs run in :func:`xcloud.training.loop.fit`.
+
+Importing this module imports no torch (``import xcloud`` imports it for ``xcloud.train``).
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._optional import import_optional
+from .loop import Entry, LoopState, fit, optimiser, torch_device, train_steps
 
 __all__ = ["LABEL_TO_CHANNEL", "N_CLASSES", "UNDEFINED", "TrainResult", "dice_loss",
-           "label_channels", "train"]
+           "label_channels", "summarize", "train"]
 
 N_CLASSES = 6
 """Output channels of the network (km_predict's classes)."""
@@ -43,7 +47,19 @@ _LOSSES = ("dice", "ce")
 
 @dataclass
 class TrainResult:
-    """What :func:`train` did: per-epoch history and the best checkpoint."""
+    """What :func:`train` did: per-epoch history and the best checkpoint.
+
+    Attributes
+    ----------
+    checkpoint
+        Where the best epoch's model was written.
+    history
+        One entry per epoch (``epoch``, training and validation figures, ``learning_rate``).
+    best_epoch
+        Index in ``history`` of the best epoch; -1 when none ran.
+    stopped_early
+        Whether early stopping ended the run.
+    """
 
     checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
@@ -52,12 +68,23 @@ class TrainResult:
 
     @property
     def best(self) -> dict[str, float]:
-        """The history entry of the best epoch (lowest validation loss)."""
+        """The history entry of the best epoch (lowest validation loss); empty before any."""
         return self.history[self.best_epoch] if self.history else {}
 
 
 def label_channels(label: Any) -> Any:
-    """KappaSet labels (a torch tensor of codes 0-5) as the network's channels."""
+    """KappaSet labels as the network's channels (:data:`LABEL_TO_CHANNEL`).
+
+    Parameters
+    ----------
+    label
+        Torch tensor of KappaSet codes 0-5.
+
+    Returns
+    -------
+    torch.Tensor
+        int64 channel indices, on ``label``'s device.
+    """
     import torch
 
     table = torch.tensor(LABEL_TO_CHANNEL, dtype=torch.int64, device=label.device)
@@ -66,12 +93,28 @@ def label_channels(label: Any) -> Any:
 
 def dice_loss(logits: Any, target: Any, *, ignore_index: int = UNDEFINED,
               eps: float = 1.0) -> Any:
-    """1 - mean soft dice over the channels of the softmax of ``logits``, pixels of channel
-    ``ignore_index`` left out; ``target`` holds channel indices.
+    """1 - the mean soft dice over the channels of the softmax of ``logits``.
 
     The softmax of the classifier's output, not the published sigmoids: both rank the channels
     alike (the class is the argmax either way), and the softmax trains the 2-channel head far
-    more reliably than independent sigmoids from a random start."""
+    more reliably than independent sigmoids from a random start.
+
+    Parameters
+    ----------
+    logits
+        ``(N, C, H, W)`` class scores.
+    target
+        ``(N, H, W)`` channel indices.
+    ignore_index
+        Pixels of this channel are left out.
+    eps
+        Smoothing added to the overlap and the total of each channel.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss, a float32 scalar.
+    """
     import torch
 
     valid = (target != ignore_index).unsqueeze(1)
@@ -85,6 +128,7 @@ def dice_loss(logits: Any, target: Any, *, ignore_index: int = UNDEFINED,
 
 
 def _loss_function(name: str) -> Callable[[Any, Any], Any]:
+    """The loss called ``name`` (``"dice"`` or ``"ce"``) of logits and channel indices."""
     import torch
 
     if name == "dice":
@@ -93,23 +137,8 @@ def _loss_function(name: str) -> Callable[[Any, Any], Any]:
     return lambda logits, target: cross_entropy(logits.float(), target)
 
 
-@dataclass(frozen=True)
-class _Setup:
-    device: Any
-    amp: bool
-    loss: Callable[[Any, Any], Any]
-    progress: bool
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    from ..engine.device import resolve_device
-
-    return torch.device(resolve_device(name))
-
-
 def _batches(dataset: Any, batch_size: int, *, shuffle: bool, seed: int) -> Any:
+    """A torch ``DataLoader`` over ``dataset``, shuffled with its own seeded generator."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -117,82 +146,98 @@ def _batches(dataset: Any, batch_size: int, *, shuffle: bool, seed: int) -> Any:
                                        generator=generator, num_workers=0)
 
 
-def _progress(iterable: Any, *, show: bool, description: str) -> Iterator[Any]:
-    if not show:
-        yield from iterable
-        return
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        yield from iterable
-        return
-    yield from tqdm(iterable, desc=description, leave=False)
+@dataclass(frozen=True)
+class _Run:
+    """One KappaMask run: what its epochs, checkpoints and state file need."""
 
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    device: Any
+    amp: bool
+    loss: Callable[[Any, Any], Any]
+    train_set: Any
+    path: Path
+    level: str
 
-def _train_epoch(model: Any, loader: Any, optimizer: Any, scaler: Any, setup: _Setup,
-                 epoch: int) -> float:
-    import torch
+    @property
+    def state_path(self) -> Path:
+        """``<checkpoint>.state.pt``: what ``resume`` needs."""
+        return self.path.with_name(self.path.name + ".state.pt")
 
-    model.train()
-    losses = []
-    for image, label in _progress(loader, show=setup.progress, description=f"epoch {epoch}"):
-        image, label = image.to(setup.device), label_channels(label.to(setup.device))
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(setup.device.type, enabled=setup.amp):
-            loss = setup.loss(model.logits(image), label)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(float(loss.detach()))
-    return float(np.mean(losses)) if losses else math.nan
+    def _images_and_channels(self, batch: Any) -> tuple[Any, Any]:
+        """A batch's images and labels on the device, labels as channels."""
+        image, label = batch
+        return image.to(self.device), label_channels(label.to(self.device))
 
+    def step(self, batch: Any) -> tuple[Any, tuple[float, ...]]:
+        """The loss of one ``(image, label)`` batch, under autocast when ``amp``."""
+        import torch
 
-def _validate(model: Any, loader: Any, setup: _Setup) -> dict[str, float]:
-    import torch
+        image, label = self._images_and_channels(batch)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            loss = self.loss(self.model.logits(image), label)
+        return loss, (float(loss.detach()),)
 
-    from ..evaluation.metrics import ConfusionMatrix
+    def train_epoch(self, loader: Any, progress: bool, epoch: int) -> Entry:
+        """One epoch over ``loader``: ``{"train_loss": mean batch loss}`` (NaN if none)."""
+        losses = [loss for loss, in train_steps(self.model, loader, self.step, self.optimizer,
+                                                scaler=self.scaler, progress=progress,
+                                                description=f"epoch {epoch}")]
+        return {"train_loss": float(np.mean(losses)) if losses else math.nan}
 
-    model.eval()
-    matrix = ConfusionMatrix(N_CLASSES, ignore_index=UNDEFINED)
-    losses = []
-    with torch.inference_mode():
-        for image, label in loader:
-            image, label = image.to(setup.device), label_channels(label.to(setup.device))
-            with torch.autocast(setup.device.type, enabled=setup.amp):
-                logits = model.logits(image)
-            losses.append(float(setup.loss(logits, label)))
-            matrix.update(logits.argmax(1).cpu().numpy(), label.cpu().numpy())
-    dice = matrix.dice()
-    present = matrix.matrix.sum(1) > 0
-    return {"val_loss": float(np.mean(losses)) if losses else math.nan,
-            "val_dice": float(np.nanmean(dice[present])) if present.any() else math.nan,
-            "val_accuracy": float(matrix.accuracy())}
+    def validate(self, loader: Any) -> Entry:
+        """``val_loss``, ``val_dice`` (mean over the present channels) and ``val_accuracy``."""
+        import torch
 
+        from ..evaluation.metrics import ConfusionMatrix
 
-def _state_path(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".state.pt")
+        self.model.eval()
+        matrix = ConfusionMatrix(N_CLASSES, ignore_index=UNDEFINED)
+        losses = []
+        with torch.inference_mode():
+            for batch in loader:
+                image, label = self._images_and_channels(batch)
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    logits = self.model.logits(image)
+                losses.append(float(self.loss(logits, label)))
+                matrix.update(logits.argmax(1).cpu().numpy(), label.cpu().numpy())
+        dice = matrix.dice()
+        present = matrix.matrix.sum(1) > 0
+        return {"val_loss": float(np.mean(losses)) if losses else math.nan,
+                "val_dice": float(np.nanmean(dice[present])) if present.any() else math.nan,
+                "val_accuracy": float(matrix.accuracy())}
 
+    def save_best(self, state: LoopState) -> None:
+        """The checkpoint, with the bands, min/max normalisation, epoch and history."""
+        from ..models.kappamask import save_checkpoint
 
-def _save_state(path: Path, model: Any, optimizer: Any, scheduler: Any,
-                result: TrainResult, epoch: int, bad_epochs: int) -> None:
-    import torch
+        minimum, maximum = self.train_set.normalization_range
+        save_checkpoint(self.path, self.model, bands=list(self.train_set.features),
+                        minimum=minimum, maximum=maximum, level=self.level,
+                        extra={"epoch": state.history[-1]["epoch"], "history": state.history})
 
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
-                "best_epoch": result.best_epoch, "history": json.dumps(result.history)}, path)
+    def save_state(self, state: LoopState) -> None:
+        """Weights, optimiser, scheduler and history to :attr:`state_path`."""
+        import torch
 
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "epoch": state.history[-1]["epoch"], "bad_epochs": state.bad_epochs,
+                    "best_epoch": state.best_epoch, "history": json.dumps(state.history)},
+                   self.state_path)
 
-def _load_state(path: Path, model: Any, optimizer: Any, scheduler: Any,
-                result: TrainResult) -> tuple[int, int]:
-    import torch
+    def load_state(self) -> LoopState:
+        """Weights, optimiser and scheduler from :attr:`state_path`; the history so far."""
+        import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    result.history = json.loads(state["history"])
-    result.best_epoch = int(state["best_epoch"])
-    return int(state["epoch"]) + 1, int(state["bad_epochs"])
+        saved = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        return LoopState(json.loads(saved["history"]), best_epoch=int(saved["best_epoch"]),
+                         bad_epochs=int(saved["bad_epochs"]))
 
 
 def _default_range(features: Sequence[str], level: str) -> tuple[list[float], list[float]]:
@@ -206,6 +251,7 @@ def _default_range(features: Sequence[str], level: str) -> tuple[list[float], li
 
 def _datasets(data: Any, *, level: str, val_fraction: float, seed: int, augment: bool,
               normalization: str, scale: float | None) -> tuple[Any, Any]:
+    """The ``(train, validation)`` KappaSet data sets of ``data``, training ones augmented."""
     from ..models.kappamask import bands_of
     from .kappaset import KappaSetDataset
 
@@ -252,7 +298,8 @@ def train(
     """Train a KappaMask U-Net on KappaSet tiles and save the best checkpoint.
 
     With partial-label data or a SEnSeI-v2 ``model``, train that instead with the ambiguous
-    cross-entropy (:func:`xcloud.training.partial.fit_partial`).
+    cross-entropy (:func:`xcloud.training.partial.fit_partial`). ``xcloud.train`` is this
+    function (:func:`xcloud.training.train.train`); torch is imported on the first call.
 
     Parameters
     ----------
@@ -273,9 +320,10 @@ def train(
     level, depth, filters
         Input layout, the published U-Net's (``"L1C"``: the 13 bands; ``"L2A"``: AOT, 11
         bands without B07 and B10, WVP) and network size (the published 5 levels x 64 filters;
-        the paper's grid: 5/6/7 levels x 32/64/128). ``head_channels`` is the published
-        2-channel ReLU layer before the classifier; 0 drops it (it can start dead), which
-        makes the checkpoint unlike the published network.
+        the paper's grid: 5/6/7 levels x 32/64/128).
+    head_channels
+        The published 2-channel ReLU layer before the classifier; 0 drops it (it can start
+        dead), which makes the checkpoint unlike the published network.
     epochs, batch_size, learning_rate, loss
         Training length, batch, Adam's learning rate and ``"dice"`` (the paper's loss is a
         dice) or ``"ce"`` (cross-entropy), both on the softmax of the classifier's output.
@@ -298,6 +346,16 @@ def train(
         ``"auto"`` uses CUDA when present; mixed precision defaults to on for CUDA only.
     progress
         Show a progress bar per epoch (tqdm) and a line per epoch.
+
+    Returns
+    -------
+    TrainResult
+        The history, the best epoch and whether it stopped early.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``loss``, or ``resume`` with partial labels.
     """
     from .partial import fit_partial, is_partial_data
 
@@ -315,63 +373,46 @@ def train(
     torch.manual_seed(seed)
     train_set, val_set = _datasets(data, level=level, val_fraction=val_fraction, seed=seed,
                                    augment=augment, normalization=normalization, scale=scale)
-    target = _device(device)
-    setup = _Setup(target, bool(target.type == "cuda" if amp is None else amp),
-                   _loss_function(loss), progress)
-    model = KappaMaskUNet(in_channels=train_set.n_features, n_classes=N_CLASSES, depth=depth,
-                          filters=filters, head_channels=head_channels).to(target)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max",
-                                                           factor=lr_factor,
-                                                           patience=lr_patience)
-    scaler = torch.amp.GradScaler(target.type, enabled=setup.amp)
-    path = Path("kappamask.safetensors" if checkpoint is None else checkpoint)
-    result = TrainResult(path)
-    first, bad_epochs = 0, 0
-    if resume:
-        first, bad_epochs = _load_state(_state_path(path), model, optimizer, scheduler, result)
+    target = torch_device(device)
+    network = KappaMaskUNet(in_channels=train_set.n_features, n_classes=N_CLASSES, depth=depth,
+                            filters=filters, head_channels=head_channels).to(target)
+    optimizer, scheduler = optimiser(network, learning_rate=learning_rate, lr_factor=lr_factor,
+                                     lr_patience=lr_patience, mode="max")
+    amp = bool(target.type == "cuda" if amp is None else amp)
+    run = _Run(network, optimizer, scheduler, torch.amp.GradScaler(target.type, enabled=amp),
+               target, amp, _loss_function(loss), train_set,
+               Path("kappamask.safetensors" if checkpoint is None else checkpoint), level)
+    state = run.load_state() if resume else LoopState()
     loaders = (_batches(train_set, batch_size, shuffle=True, seed=seed),
                _batches(val_set, batch_size, shuffle=False, seed=seed))
-    for epoch in range(first, epochs):
-        entry = {"epoch": epoch,
-                 "train_loss": _train_epoch(model, loaders[0], optimizer, scaler, setup, epoch),
-                 **_validate(model, loaders[1], setup),
-                 "learning_rate": optimizer.param_groups[0]["lr"]}
-        result.history.append(entry)
-        scheduler.step(entry["val_dice"])
-        bad_epochs = _track_best(result, entry, model, train_set, path, level, bad_epochs)
-        _save_state(_state_path(path), model, optimizer, scheduler, result, epoch, bad_epochs)
-        if progress:
-            print(_epoch_line(entry), flush=True)
-        if bad_epochs >= patience:
-            result.stopped_early = True
-            break
-    return result
+    fit(epochs=epochs, train_epoch=partial(run.train_epoch, loaders[0], progress),
+        validate=partial(run.validate, loaders[1]), optimizer=optimizer, scheduler=scheduler,
+        monitor=lambda entry: entry["val_loss"], schedule_on=lambda entry: entry["val_dice"],
+        patience=patience, state=state, on_best=run.save_best, on_epoch_end=run.save_state,
+        describe=_epoch_line if progress else None)
+    return TrainResult(run.path, state.history, state.best_epoch, state.stopped_early)
 
 
-def _track_best(result: TrainResult, entry: dict[str, float], model: Any, train_set: Any,
-                path: Path, level: str, bad_epochs: int) -> int:
-    from ..models.kappamask import save_checkpoint
-
-    best = result.best.get("val_loss", math.inf) if result.best_epoch >= 0 else math.inf
-    if entry["val_loss"] < best:
-        result.best_epoch = len(result.history) - 1
-        minimum, maximum = train_set.normalization_range
-        save_checkpoint(path, model, bands=list(train_set.features), minimum=minimum,
-                        maximum=maximum, level=level,
-                        extra={"epoch": entry["epoch"], "history": result.history})
-        return 0
-    return bad_epochs + 1
-
-
-def _epoch_line(entry: dict[str, float]) -> str:
+def _epoch_line(entry: Entry) -> str:
+    """The line printed after a KappaMask epoch."""
     return (f"epoch {entry['epoch']:>3}: train loss {entry['train_loss']:.4f}, "
             f"val loss {entry['val_loss']:.4f}, val dice {entry['val_dice']:.4f}, "
             f"val accuracy {entry['val_accuracy']:.4f}, lr {entry['learning_rate']:.2e}")
 
 
 def summarize(result: TrainResult) -> Sequence[str]:
-    """Lines describing a finished training run."""
+    """Lines describing a finished training run.
+
+    Parameters
+    ----------
+    result
+        What :func:`train` returned.
+
+    Returns
+    -------
+    list of str
+        The best epoch's figures and where the checkpoint is.
+    """
     best = result.best
     return [f"best epoch {best.get('epoch')}: val loss {best.get('val_loss', math.nan):.4f}, "
             f"val dice {best.get('val_dice', math.nan):.4f}",
