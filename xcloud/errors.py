@@ -131,7 +131,7 @@ class StoreLockedError(ZarrStoreError):
 
 
 class LeaseLostError(ZarrStoreError):
-    """This write's lease on the store expired and was taken over by another job."""
+    """The write's lease on the store expired and was taken over by another job."""
 
 
 class DatasetError(XcloudError, ValueError):

@@ -125,6 +125,7 @@ class BasicBlock(nn.Module):
         self.downsample = _downsample(in_channels, channels * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the residual block (identity or downsampled shortcut added)."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + identity)
@@ -150,6 +151,7 @@ class Bottleneck(nn.Module):
         self.downsample = _downsample(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the bottleneck block (identity or downsampled shortcut added)."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -179,6 +181,7 @@ class StagedEncoder(nn.Module):
     dilation); ``forward`` returns the five stage outputs, finest first."""
 
     def stages(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        """The encoder stages in order, each returning one feature map."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

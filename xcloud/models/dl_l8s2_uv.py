@@ -474,6 +474,7 @@ class DLL8S2UVNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of ``(N, in_channels, H, W)`` reflectance."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"the network takes (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")

@@ -332,7 +332,7 @@ class KappaMaskDeepLabV3Plus(nn.Module):
     # -- Keras weights ---------------------------------------------------------------------
 
     def _keras_order(self) -> list[nn.Module]:
-        """This network's weighted layers in the order of the Keras file (topological).
+        """The network's weighted layers in the order of the Keras file (topological).
 
         Keras orders a functional model's layers by graph depth, so in each entry block the
         second separable conv and its BN come before the shortcut conv, and the four ASPP

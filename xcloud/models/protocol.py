@@ -108,6 +108,7 @@ class BaseCloudModel:
     info: ModelInfo
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Class probabilities ``(N, C, H, W)`` of a batch ``(N, B, H, W)`` of reflectance."""
         raise NotImplementedError
 
     def classify(self, proba: np.ndarray) -> np.ndarray:

@@ -441,6 +441,7 @@ class SegformerModel(nn.Module):
         self.register_load_state_dict_pre_hook(partial(_rename_legacy_keys, _legacy_encoder_key))
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The four feature maps of the encoder, strides 4 to 32."""
         self._check_input(pixel_values)
         features = []
         x = pixel_values
@@ -490,6 +491,7 @@ class SegformerDecodeHead(nn.Module):
         self.register_load_state_dict_pre_hook(partial(_rename_legacy_keys, _legacy_head_key))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits at stride 4 from the encoder's four feature maps."""
         size = features[0].shape[2:]
         projected = [upsample_logits(mlp(x), size)
                      for mlp, x in zip(self.linear_projections, features, strict=True)]

@@ -101,6 +101,7 @@ class ScriptObject:
     qualified_name: ClassVar[str] = ""
 
     def __new__(cls, *args: object, **kwargs: object) -> ScriptObject:
+        """Refuse construction with arguments (only pickled state is allowed)."""
         if args or kwargs:
             raise WeightsError(f"TorchScript object {cls.qualified_name} built with arguments; "
                                "an archive's modules are built from their state only")

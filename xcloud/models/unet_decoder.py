@@ -37,6 +37,7 @@ class DecoderBlock(nn.Module):
         self.conv2 = conv_bn_relu(out_channels, out_channels, bn_eps=bn_eps)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """Upsample by 2, join the skip connection, then two convolutions."""
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         if skip is not None:
             x = torch.cat([x, skip], dim=1)

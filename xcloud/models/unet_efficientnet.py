@@ -168,6 +168,7 @@ class EfficientNetUNet(nn.Module):
         self.model = _Model(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of a batch whose sides are multiples of 32."""
         if x.shape[-1] % 32 or x.shape[-2] % 32:
             raise ValueError(
                 f"EfficientNetUNet needs height and width that are multiples of 32, got "

@@ -114,6 +114,7 @@ class Lease:
         self._lock = threading.Lock()
 
     def record(self) -> dict[str, Any]:
+        """The lease object's content: holder, host, process and expiry."""
         pid = os.getpid()
         return {"holder": self.holder, "host": socket.gethostname(), "pid": pid,
                 "started": _process_start(pid), "created": _stamp(self.created),
@@ -195,6 +196,7 @@ class Lease:
                 return
 
     def start(self) -> None:
+        """Start renewing the lease in a daemon thread."""
         self._thread = threading.Thread(target=self._renew_loop, daemon=True,
                                         name=f"xcloud-lease-{self.holder[:8]}")
         self._thread.start()

@@ -60,6 +60,7 @@ class StoreLocation:
 
     @property
     def protocol(self) -> str:
+        """The URL's protocol (``file`` for local paths)."""
         return "file" if self.local else self.url.split("://", 1)[0]
 
     @property
@@ -142,6 +143,7 @@ class StoreLocation:
         return info.get("ETag")
 
     def exists(self, relative: str) -> bool:
+        """Whether the object at ``relative`` exists (not from a stale listing)."""
         return bool(self._fresh(relative).exists(self.key(relative)))
 
     def write(self, relative: str, data: bytes) -> None:
