@@ -14,7 +14,6 @@ import argparse
 import datetime
 import importlib
 import json
-import math
 import os
 import platform
 import resource
@@ -265,13 +264,11 @@ def predict_capturing(scene: Any, **kwargs: Any) -> tuple[Any, Any]:
 
 def _axis_blocks(task: Any, axis: int) -> Iterator[tuple[int, int, tuple[int, int]]]:
     """(origin, length, core) of each chunk's block (chunk plus halo) along ``axis``."""
-    from xcloud.engine.blocks import _chunk_origin, _core
-
-    stops = task.chunk_stops[axis]
-    for index, stop in enumerate(stops):
-        origin = _chunk_origin(task, axis, index)
-        after = task.depth[axis] if index < len(stops) - 1 or task.halo_at_edges else 0
-        yield origin, stop + after - origin, _core(task, axis, index, origin)
+    chunks = task.grid.axes[axis]
+    for index, stop in enumerate(chunks.stops):
+        origin = chunks.block_start(index)
+        after = chunks.halo if index < len(chunks.stops) - 1 or chunks.halo_at_edges else 0
+        yield origin, stop + after - origin, chunks.core(index)
 
 
 def engine_tiles(task: Any, shape: tuple[int, int]) -> tuple[int, int]:
@@ -282,30 +279,27 @@ def engine_tiles(task: Any, shape: tuple[int, int]) -> tuple[int, int]:
     start lies in each chunk's owned stretch; otherwise the tiles that touch each chunk's core
     (model region), where tiles across chunk borders run in each chunk they touch.
     """
-    from xcloud.engine import tile_once
-    from xcloud.engine.blocks import _model_region
-    from xcloud.engine.tiling import _touching, tile_starts
+    from xcloud.engine.geometry import model_ceil, to_model
+    from xcloud.engine.tiling import _touching
 
-    if task.tile_size is None:
+    lattice, zoom = task.tiles, task.grid.zoom
+    if lattice is None:
         return 0, 0
-    stride = task.tile_size - task.tile_overlap
-    anchor = -task.tile_overlap if task.tile_anchor is None else task.tile_anchor
     run = unique = 1
     for axis, length in enumerate(shape):
-        scene = max(1, math.ceil(length * task.zoom - 1e-9))  # as the engine counts it
-        lattice = tile_starts(scene, task.tile_size, stride, anchor, scene=scene)
+        scene = max(1, model_ceil(length, zoom))  # as the engine counts it
+        starts = lattice.starts(scene, scene=scene)
         count = 0
         for index, (origin, block, core) in enumerate(_axis_blocks(task, axis)):
             if task.shared:
-                low, high = tile_once._owned_span(task, axis, index)
-                count += sum(low <= start < high for start in lattice)
+                low, high = task.grid.axes[axis].owned(index, lattice.size)
+                count += sum(low <= start < high for start in starts)
                 continue
-            starts = tile_starts(max(1, round(block * task.zoom)), task.tile_size, stride,
-                                 anchor, round(origin * task.zoom), scene=scene)
-            region = _model_region((core, core), task.zoom)[0]
-            count += len(_touching(starts, task.tile_size, region))
+            block_starts = lattice.starts(max(1, round(block * zoom)), round(origin * zoom),
+                                          scene=scene)
+            count += len(_touching(block_starts, lattice.size, to_model(core, zoom, margin=1)))
         run *= count
-        unique *= len(lattice)
+        unique *= len(starts)
     return run, unique
 
 

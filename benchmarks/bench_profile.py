@@ -200,9 +200,8 @@ def padded_scene(task: Any, row: int, col: int, bands: tuple[str, ...]) -> np.nd
     (row + 1, col + 1), padded as the engine pads the scene's edges (symmetric, by the halo)."""
     ends, pads = [], []
     for axis, index in ((0, row), (1, col)):
-        stops = task.chunk_stops[axis]
+        stops, pad = task.grid.axes[axis].stops, task.grid.axes[axis].pad
         ends.append(stops[min(index + 1, len(stops) - 1)])
-        pad = task.depth[axis] if task.halo_at_edges else 0
         pads.append((pad, pad if ends[-1] == stops[-1] else 0))
     image = _common.real_scene_numpy(max(ends), bands)[:ends[0], :ends[1]].transpose(2, 0, 1)
     return np.pad(image, [(0, 0), *pads], mode="symmetric")[None]
@@ -215,10 +214,10 @@ def run_chunk(task: Any, padded: np.ndarray, row: int, col: int) -> tuple[StageT
     its output (its sums plus those of the chunks before it, computed beforehand), as
     :mod:`xcloud.engine.tile_once` runs them on ``padded`` (see :func:`padded_scene`)."""
     shared = importlib.import_module("xcloud.engine.tile_once")
-    factor = round(1 / task.zoom)
-    pads = [task.depth[axis] if task.halo_at_edges else 0 for axis in (0, 1)]
+    grid = task.grid
+    pads = [axis.pad for axis in grid.axes]
     spans = [shared._padded_spans(
-        (pads[axis], *np.diff((0, *task.chunk_stops[axis])).tolist(), pads[axis]), pads[axis])
+        (pads[axis], *np.diff((0, *grid.axes[axis].stops)).tolist(), pads[axis]), pads[axis])
         for axis in (0, 1)]
     first = [1 if pad else 0 for pad in pads]
     prepared: dict[tuple[int, int], Any] = {}
@@ -231,13 +230,13 @@ def run_chunk(task: Any, padded: np.ndarray, row: int, col: int) -> tuple[StageT
         return prepared[p, q]
 
     def under(r: int, c: int) -> tuple[Any, list[tuple[int, int]]]:
-        window = (shared._tiles_window(task, 0, r), shared._tiles_window(task, 1, c))
-        return window, [(p, q) for p in shared._under(spans[0], window[0], factor)
-                        for q in shared._under(spans[1], window[1], factor)]
+        window = grid.tiles_window(r, c, task.tiles.size)
+        return window, [(p, q) for p in shared._under(spans[0], window[0], grid.zoom)
+                        for q in shared._under(spans[1], window[1], grid.zoom)]
 
     def sums(r: int, c: int) -> Any:
         window, chunks = under(r, c)
-        return shared.tile_sums(task, r, c, [shared._part_in(prepare(p, q), window)
+        return shared.tile_sums(task, r, c, [shared._crop_prepared(prepare(p, q), window)
                                              for p, q in chunks])
 
     own = (row + first[0], col + first[1])
@@ -251,8 +250,8 @@ def run_chunk(task: Any, padded: np.ndarray, row: int, col: int) -> tuple[StageT
         with instrumented(timer):
             start = time.perf_counter()
             empty = prepare(*own)[1]
-            output = (shared._output_window(task, 0, row), shared._output_window(task, 1, col))
-            pieces = [shared._sums_in(sums_, output) for sums_ in [*before, sums(row, col)]]
+            output = grid.output_window(row, col)
+            pieces = [shared._crop(sums_, output) for sums_ in [*before, sums(row, col)]]
             out = shared.combine(task, row, col, empty, pieces)
             total = time.perf_counter() - start
     return timer, total, out
@@ -301,14 +300,13 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     _, task = _common.predict_capturing(_common.real_scene(args.size, args.chunk, info.bands),
                                         model=MODEL, batch_size=args.batch_size,
                                         device=args.device)
-    chunks = [len(stops) for stops in task.chunk_stops]
+    chunks = [len(axis.stops) for axis in task.grid.axes]
     row, col = (min(1, n - 1) for n in chunks)
     padded = padded_scene(task, row, col, info.bands)
     timer, total, out = run_chunk(task, padded, row, col)
     chunk_px = out.shape[-2] * out.shape[-1]
     write_s = measure_write(out[0], args.size, args.chunk,
-                            (slice(task.chunk_starts[0][row], task.chunk_stops[0][row]),
-                             slice(task.chunk_starts[1][col], task.chunk_stops[1][col])),
+                            tuple(slice(*span) for span in task.grid.chunk(row, col)),
                             tmp, repeats)
     upsample_s = measure_upsample(arrays, args.chunk, repeats)
     meter.stop()
@@ -350,7 +348,7 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         ["stage", f"one chunk s ({chunk_px / 1e6:.1f} Mpx)", f"scene s ({args.size}²)",
          "share", "scaled by"], rows,
         title=f"1. Where the time goes: {args.size}² in {args.chunk} px chunks on {args.device} "
-              f"(chunk ({row}, {col}) of {chunks[0]} x {chunks[1]}, halo {task.depth[0]} px, "
+              f"(chunk ({row}, {col}) of {chunks[0]} x {chunks[1]}, halo {task.grid.halo[0]} px, "
               f"model batch {args.batch_size}; {_common.NOISE_HEADER} "
               f"{meter.noise})")
     decode = table[0][2] + table[1][2]

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,50 @@ def test_predicting_without_the_floored_tiles_changes_only_the_floor():
     assert len(kept.calls) < len(every.calls)
     np.testing.assert_allclose(lean, full, atol=1e-5)
     np.testing.assert_allclose(lean, kept.predict_proba(image[None])[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("zoom", "factor"), [(1.0, 1), (10 / 30, 3), (10 / 20, 2), (10 / 60, 6),
+                                              (10 / 15, None), (2.0, None)])
+def test_one_dialect_for_the_model_grid(zoom, factor):
+    """Whole factors divide exactly; other zooms agree with the float product."""
+    from xcloud.engine.geometry import model_ceil, model_floor, to_model, whole_factor
+
+    assert whole_factor(zoom) == factor
+    for pixels in range(-50, 400):
+        assert model_floor(pixels, zoom) == math.floor(pixels * zoom + 1e-9)
+        assert model_ceil(pixels, zoom) == math.ceil(pixels * zoom - 1e-9)
+        if factor:
+            assert (model_floor(pixels, zoom), model_ceil(pixels, zoom)) == (
+                pixels // factor, -(-pixels // factor))
+    assert to_model((3, 7), zoom, margin=1) == (model_floor(3, zoom) - 1,
+                                                model_ceil(7, zoom) + 1)
+
+
+def test_chunk_grid_locates_chunks_halos_and_model_windows():
+    from xcloud.engine.geometry import ChunkAxis, ChunkGrid
+
+    grid = ChunkGrid.from_chunks(((100, 100, 50), (250,)), halo=(20, 20), zoom=1 / 3)
+    assert grid.rows.starts == (0, 100, 200) and grid.rows.stops == (100, 200, 250)
+    assert grid.block_origin(1, 0) == (80, -20) and grid.core(1, 0) == ((20, 120), (20, 270))
+    assert grid.model_shape == (84, 84) and grid.model_extent == ((-6, 90), (-6, 90))
+    assert grid.output_window(1, 0) == ((32, 68), (0, 84))
+    assert grid.rows.owned(0, 32) == (-31, 35) and grid.rows.owned(2, 32) == (68, 84)
+    assert grid.tiles_window(0, 0, 32) == ((-6, 67), (-6, 90))
+    assert grid.core_in(1, 0, (32, 0)) == ((4, 104), (0, 250))
+    edges = ChunkAxis.from_sizes((100, 100), halo=20, halo_at_edges=False)
+    assert (edges.block_start(0), edges.block_start(1), edges.pad) == (0, 80, 0)
+    assert edges.inside(-20, 140) == slice(20, 140) and edges.inside(180, 40) == slice(0, 20)
+
+
+def test_grid_windows_crop_and_add_up():
+    from xcloud.engine.geometry import GridWindow
+
+    window = GridWindow((10, 20), np.ones((2, 4, 5)), np.array([[0, 0, 1, 1, 1]] * 4, float))
+    assert window.crop(((0, 100), (20, 22))) is None  # no weight there
+    assert window.crop(((0, 5), (0, 100))) is None  # no overlap
+    part = window.crop(((12, 100), (21, 23)))
+    assert part is not None and part.origin == (12, 21) and part.weight.shape == (2, 2)
+    values, weight = np.zeros((2, 3, 3)), np.zeros((3, 3))
+    part.add_to(values, (13, 21), weight)
+    assert values[0].tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert weight.tolist() == [[0, 1, 0], [0, 0, 0], [0, 0, 0]]

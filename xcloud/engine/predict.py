@@ -9,7 +9,6 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 import dask
 import dask.array as da
@@ -36,22 +35,13 @@ from .blocks import BlockTask, predict_block
 from .cache import ModelSpec
 from .checks import take_counts
 from .device import resolve_device
-from .tiling import BLENDS
+from .geometry import ChunkGrid
+from .tiling import BLENDS, TileLattice
 
 __all__ = ["DEFAULT_CHUNK", "predict"]
 
 _BOUNDARIES = ("reflect", "nearest", "periodic", "none")
 _OUTPUTS = ("class", "proba")
-# (rows, columns) values, e.g. the chunks' start offsets along each spatial axis
-_PerAxis = tuple[tuple[int, ...], tuple[int, ...]]
-
-
-def _halo_pixels(info: ModelInfo, zoom: float, halo: int | None) -> int:
-    if halo is not None:
-        if halo < 0:
-            raise ValueError(f"halo must be >= 0 input pixels, got {halo}")
-        return int(halo)
-    return math.ceil(info.context / zoom)
 
 
 def _with_bands(entry: ModelEntry, bands: tuple[str, ...]) -> ModelInfo:
@@ -127,16 +117,17 @@ def _map_chunks(array: da.Array, task: BlockTask, boundary: str) -> da.Array:
         return tile_once.map_tile_once(array, task, boundary)
     dtype = np.float32 if task.output == "proba" else np.uint8
     ychunks, xchunks = array.chunks[-2:]
+    halo = task.grid.halo
     out_chunks = (
         array.chunks[0],
         (task.n_out,),
-        _with_halo(ychunks, task.depth[0], boundary),
-        _with_halo(xchunks, task.depth[1], boundary),
+        _with_halo(ychunks, halo[0], boundary),
+        _with_halo(xchunks, halo[1], boundary),
     )
     result = da.map_overlap(
         predict_block,
         array,
-        depth={0: 0, 1: 0, 2: task.depth[0], 3: task.depth[1]},
+        depth={0: 0, 1: 0, 2: halo[0], 3: halo[1]},
         boundary={0: "none", 1: "none", 2: boundary, 3: boundary},
         trim=True,
         allow_rechunk=False,
@@ -256,6 +247,36 @@ def predict(
         Lazy if the input is Dask-backed, computed otherwise; coordinates, ``spatial_ref`` and
         CF flag attributes included. Pixels with no data get the scheme's no-data class.
     """
+    _check_choices(output=output, boundary=boundary, tile_blend=tile_blend, invalid=invalid)
+    entry = get(model)
+    chosen = None if bands is None else tuple(bands)
+    info = _model_info(data, entry, weights=weights, runtime=runtime, bands=chosen,
+                       strict=strict)
+    cube, lazy = _reflectance_cube(data, info, scale=scale, offset=offset)
+    zoom = (resolution or pixel_size(cube, default=info.resolution)) / info.resolution
+    tiles = _lattice(info, size=tile_size, overlap=tile_overlap, anchor=tile_anchor,
+                     blend=tile_blend)
+    had_time = cube.ndim == 4
+    if not had_time:
+        cube = cube.expand_dims("time")
+    array, grid, shared = _plan_chunks(cube, info, zoom, tiles=tiles, halo=halo,
+                                       boundary=boundary, chunk_size=chunk_size)
+    task = BlockTask(
+        spec=ModelSpec.create(model, weights=weights, device=resolve_device(device),
+                              runtime=runtime, bands=chosen),
+        info=info, grid=grid, tiles=tiles, output=output, batch_size=batch_size,
+        nodata=_nodata_reflectance(nodata, scale=scale, offset=offset), invalid=invalid,
+        shared=shared, strict=strict, token=uuid.uuid4().hex,
+    )
+    result = _wrap(_map_chunks(array, task, boundary), cube, info, output, had_time)
+    _add_provenance(result, data, entry, weights=weights, invalid=invalid)
+    return result if lazy else _computed(result, task.token)
+
+
+# The steps of predict: check the arguments, the model and the data, plan the chunks
+
+
+def _check_choices(*, output: str, boundary: str, tile_blend: str | None, invalid: str) -> None:
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
     if boundary not in _BOUNDARIES:
@@ -264,67 +285,97 @@ def predict(
         raise ValueError(f"tile_blend must be one of {BLENDS}, got {tile_blend!r}")
     if invalid not in ("raise", "nodata"):
         raise ValueError(f"invalid must be 'raise' or 'nodata', got {invalid!r}")
-    entry = get(model)
-    info = entry.info
+
+
+def _model_info(data: xr.Dataset | xr.DataArray, entry: ModelEntry, *,
+                weights: str | Path | None, runtime: str, bands: tuple[str, ...] | None,
+                strict: bool) -> ModelInfo:
+    """The model's info (with ``bands``), once the data's processing level and the model's
+    published weights are checked."""
     _check_level(data, entry, strict=strict)
-    if info.needs_weights_file and weights is None:
+    if entry.info.needs_weights_file and weights is None:
         _check_default_weights(entry, runtime)
-    chosen = tuple(bands) if bands is not None else None
-    if chosen is not None:
-        info = _with_bands(entry, chosen)
+    return entry.info if bands is None else _with_bands(entry, bands)
+
+
+def _reflectance_cube(data: xr.Dataset | xr.DataArray, info: ModelInfo, *,
+                      scale: float | None, offset: float | None) -> tuple[xr.DataArray, bool]:
+    """The model's bands as a reflectance cube on a regular grid, and whether the data are
+    lazy (Dask-backed)."""
     cube = band_cube(data, info.bands)
     lazy = isinstance(cube.data, da.Array)
     cube = to_reflectance(cube, scale=scale, offset=offset)
-    if nodata is not None and (scale is not None or offset is not None):
-        nodata = float(np.float32(nodata) * (1.0 if scale is None else scale)
-                       + (0.0 if offset is None else offset))
     check_regular_grid(cube)
-    zoom = (resolution or pixel_size(cube, default=info.resolution)) / info.resolution
-    depth = _halo_pixels(info, zoom, halo)
+    return cube, lazy
+
+
+def _nodata_reflectance(nodata: float | None, *, scale: float | None,
+                        offset: float | None) -> float | None:
+    """The no-data value in reflectance (it is given in the input's units)."""
+    if nodata is None or (scale is None and offset is None):
+        return nodata
+    return float(np.float32(nodata) * (1.0 if scale is None else scale)
+                 + (0.0 if offset is None else offset))
+
+
+def _lattice(info: ModelInfo, *, size: int | None, overlap: int | None, anchor: int | None,
+             blend: str | None) -> TileLattice | None:
+    """The model's tile lattice with the caller's overrides; ``None`` for pixel models."""
+    size = info.tile_size if size is None else size
+    if size is None:
+        return None
+    return TileLattice(size, info.tile_overlap if overlap is None else overlap,
+                       info.tile_anchor if anchor is None else anchor,
+                       info.tile_blend if blend is None else blend)
+
+
+def _plan_chunks(cube: xr.DataArray, info: ModelInfo, zoom: float, *,
+                 tiles: TileLattice | None, halo: int | None, boundary: str,
+                 chunk_size: int) -> tuple[da.Array, ChunkGrid, bool]:
+    """The (time, band, y, x) cube as a Dask array in chunks of at least the halo, their grid,
+    and whether the chunks share their tiles (:mod:`xcloud.engine.tile_once`)."""
+    default = math.ceil(info.context / zoom)  # the halo that makes chunking exact
+    depth = default if halo is None else _checked_halo(halo)
     # along an axis shorter than the halo (one chunk) a wider halo would only add mirrored
     # pixels, which tiling adds anyway
     depths = (min(depth, cube.shape[-2]), min(depth, cube.shape[-1]))
     pads = depths if boundary != "none" else (0, 0)
-    tiles = info.tile_size if tile_size is None else tile_size
     shared = tile_once.supports(
-        tiles, zoom, depth, _halo_pixels(info, zoom, None),
+        None if tiles is None else tiles.size, zoom, depth, default,
         padded=[(-pad, length + pad) for pad, length in zip(pads, cube.shape[-2:], strict=True)])
-    had_time = cube.ndim == 4
-    if not had_time:
-        cube = cube.expand_dims("time")
+    smallest = depth
     if shared:
-        assert tiles is not None  # tile_once.supports() is False without a tile size
-        smallest = max(depth, tile_once.min_chunk(tiles, zoom))
-    else:
-        smallest = depth
+        assert tiles is not None  # tile_once.supports() is False without tiles
+        smallest = max(depth, tile_once.min_chunk(tiles.size, zoom))
     array = _rechunk(_as_dask(cube, chunk_size), smallest)
-    spec = ModelSpec.create(model, weights=weights, device=resolve_device(device),
-                            runtime=runtime, bands=chosen)
-    task = BlockTask(
-        chunk_starts=cast(_PerAxis, tuple(tuple(np.cumsum((0, *c[:-1])).tolist())
-                                          for c in array.chunks[-2:])),
-        chunk_stops=cast(_PerAxis, tuple(tuple(np.cumsum(c).tolist()) for c in array.chunks[-2:])),
-        depth=depths,
-        shared=shared,
-        halo_at_edges=boundary != "none",
-        spec=spec, output=output, zoom=zoom, batch_size=batch_size,
-        tile_size=info.tile_size if tile_size is None else tile_size,
-        tile_overlap=info.tile_overlap if tile_overlap is None else tile_overlap,
-        tile_anchor=info.tile_anchor if tile_anchor is None else tile_anchor,
-        tile_blend=info.tile_blend if tile_blend is None else tile_blend,
-        nodata=nodata, invalid=invalid, strict=strict, token=uuid.uuid4().hex,
-    )
-    result = _wrap(_map_chunks(array, task, boundary), cube, info, output, had_time)
+    grid = ChunkGrid.from_chunks(array.chunks[-2:], halo=depths,
+                                 halo_at_edges=boundary != "none", zoom=zoom)
+    return array, grid, shared
+
+
+def _checked_halo(halo: int) -> int:
+    if halo < 0:
+        raise ValueError(f"halo must be >= 0 input pixels, got {halo}")
+    return int(halo)
+
+
+# The result: attributes, computed unless the data are lazy
+
+
+def _add_provenance(result: xr.DataArray, data: xr.Dataset | xr.DataArray, entry: ModelEntry,
+                    *, weights: str | Path | None, invalid: str) -> None:
     if SOURCE_ITEMS_ATTR in data.attrs:
         result.attrs[SOURCE_ITEMS_ATTR] = list(data.attrs[SOURCE_ITEMS_ATTR])
     result.attrs["xcloud:invalid"] = invalid
     if weights is not None:  # the user's file or a copy of the published one: say which
         result.attrs.update(weights_origin(entry, weights))
-    if lazy:
-        return result
+
+
+def _computed(result: xr.DataArray, token: str) -> xr.DataArray:
+    """The result computed, with the pixels its chunks marked no data counted."""
     with dask.config.set(scheduler="threads"):
         computed = result.compute()
-    counts = take_counts(task.token)
+    counts = take_counts(token)
     computed.attrs["xcloud:invalid_pixels"] = counts.get("invalid_input", 0)
     computed.attrs["xcloud:nonfinite_pixels"] = counts.get("nonfinite_output", 0)
     return computed

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.protocol import CloudModel
+from .geometry import GridWindow, Window, overlap_slices
 
 __all__ = [
     "BLENDS",
+    "TileLattice",
     "TileSums",
     "blend_window",
     "blended",
@@ -32,6 +34,10 @@ BLENDS = ("ramp", "mean")
 """How overlapping tiles are blended: ``"ramp"`` (a raised-cosine ramp across the overlap,
 xcloud's default) or ``"mean"`` (every tile weighs the same over its whole extent, as the
 released SEnSeI-v2 ``SlidingWindow`` averages its patches)."""
+
+TileSums = GridWindow
+"""Tiles' blend-weighted probabilities summed on a window of the grid (what :func:`sum_tiles`
+returns; ``weight`` holds the summed blending weights)."""
 
 
 def tile_starts(length: int, tile: int, stride: int, anchor: int, origin: int = 0, *,
@@ -85,6 +91,46 @@ def blend_window(height: int, width: int, overlap: int, blend: str = "ramp") -> 
     return np.outer(_ramp(height, overlap, blend), _ramp(width, overlap, blend))
 
 
+@dataclass(frozen=True)
+class TileLattice:
+    """Tiles of ``size`` pixels overlapping by ``overlap`` on a lattice fixed to the whole
+    scene: from ``anchor`` (by default ``-overlap``) every ``size - overlap`` pixels, blended
+    with ``blend`` (one of :data:`BLENDS`)."""
+
+    size: int
+    overlap: int
+    anchor: int | None = None
+    blend: str = "ramp"
+
+    @property
+    def stride(self) -> int:
+        """Pixels from one tile's start to the next."""
+        return self.size - self.overlap
+
+    def starts(self, length: int, origin: int = 0, *, scene: int | None = None) -> list[int]:
+        """Local starts of the lattice's tiles that intersect ``length`` pixels from scene
+        pixel ``origin`` (see :func:`tile_starts`)."""
+        anchor = -self.overlap if self.anchor is None else self.anchor
+        return tile_starts(length, self.size, self.stride, anchor, origin, scene=scene,
+                           blend=self.blend)
+
+    def predict(self, model: CloudModel, image: np.ndarray, *, batch_size: int,
+                origin: tuple[int, int] = (0, 0), region: Window | None = None,
+                scene: tuple[int, int] | None = None) -> np.ndarray:
+        """Blended probabilities of ``image`` (see :func:`predict_tiled`)."""
+        starts = [self.starts(image.shape[axis - 2], origin[axis],
+                              scene=None if scene is None else scene[axis]) for axis in (0, 1)]
+        if region is not None:
+            starts = [_touching(axis, self.size, span)
+                      for axis, span in zip(starts, region, strict=True)]
+        sums = sum_tiles(model, image, rows=starts[0], cols=starts[1], tile_size=self.size,
+                         overlap=self.overlap, batch_size=batch_size, blend=self.blend)
+        total = np.zeros((sums.values.shape[0], *image.shape[-2:]), np.float64)
+        weight = np.zeros(image.shape[-2:], np.float64)
+        sums.add_to(total, (0, 0), weight)
+        return blended(total, weight)
+
+
 def _touching(starts: list[int], tile: int, span: tuple[int, int]) -> list[int]:
     kept = [start for start in starts if start < span[1] and start + tile > span[0]]
     return kept or starts[:1]
@@ -93,60 +139,6 @@ def _touching(starts: list[int], tile: int, span: tuple[int, int]) -> list[int]:
 def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
     for index in range(0, len(items), size):
         yield items[index:index + size]
-
-
-@dataclass
-class TileSums:
-    """Blend-weighted class probabilities of some lattice tiles, summed on a window of the grid.
-
-    ``origin`` is the (row, column) of element ``[0, 0]`` in the coordinates of the grid the
-    tiles were cut from; ``total`` (classes, h, w) holds the weighted probabilities and
-    ``weight`` (h, w) the weights, both in float64 so that sums of different groupings of the
-    same tiles agree to far below float32 precision.
-    """
-
-    origin: tuple[int, int]
-    total: np.ndarray
-    weight: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the sums."""
-        return self.total.nbytes + self.weight.nbytes
-
-    def add_to(self, total: np.ndarray, weight: np.ndarray, origin: tuple[int, int]) -> None:
-        """Add the part of these sums that falls on ``total``/``weight`` placed at ``origin``."""
-        slices = overlap_slices(self.origin, self.weight.shape, origin, weight.shape)
-        if slices is not None:
-            source, target = slices
-            total[(slice(None), *target)] += self.total[(slice(None), *source)]
-            weight[target] += self.weight[source]
-
-    def crop(self, origin: tuple[int, int], shape: tuple[int, int]) -> TileSums | None:
-        """A copy of the part inside the window at ``origin`` of ``shape`` (``None``: none)."""
-        slices = overlap_slices(self.origin, self.weight.shape, origin, shape)
-        if slices is None:
-            return None
-        source, _ = slices
-        start = (self.origin[0] + source[0].start, self.origin[1] + source[1].start)
-        return TileSums(start, self.total[(slice(None), *source)].copy(),
-                        self.weight[source].copy())
-
-
-def overlap_slices(origin: tuple[int, int], shape: tuple[int, ...], target_origin: tuple[int, int],
-                   target_shape: tuple[int, ...]
-                   ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
-    """Where two windows of one grid (origin and shape of the last two axes) overlap: slices
-    into the first and into the second, or ``None`` when they do not."""
-    source, target = [], []
-    for mine, theirs, mine_size, theirs_size in zip(
-            origin, target_origin, shape[-2:], target_shape[-2:], strict=True):
-        start, stop = max(mine, theirs), min(mine + mine_size, theirs + theirs_size)
-        if stop <= start:
-            return None
-        source.append(slice(start - mine, stop - mine))
-        target.append(slice(start - theirs, stop - theirs))
-    return (source[0], source[1]), (target[0], target[1])
 
 
 def _tile_window(image: np.ndarray, rows: list[int], cols: list[int], tile: int) -> np.ndarray:
@@ -161,10 +153,11 @@ def _tile_window(image: np.ndarray, rows: list[int], cols: list[int], tile: int)
 
 
 def sum_tiles(model: CloudModel, image: np.ndarray, *, rows: list[int], cols: list[int],
-              tile_size: int, overlap: int, batch_size: int, blend: str = "ramp") -> TileSums:
+              tile_size: int, overlap: int, batch_size: int, blend: str = "ramp") -> GridWindow:
     """Run the tiles at ``rows`` x ``cols`` (local starts, sorted) and sum their blended output.
 
-    The returned sums cover the tiles' span; their origin is in the image's pixels.
+    The returned sums (float64; ``weight``: the summed blending weights) cover the tiles'
+    span; their origin is in the image's pixels.
     """
     window = _tile_window(image, rows, cols, tile_size)
     corners = [(y - rows[0], x - cols[0]) for y in rows for x in cols]
@@ -180,7 +173,7 @@ def sum_tiles(model: CloudModel, image: np.ndarray, *, rows: list[int], cols: li
             total[:, y:y + tile_size, x:x + tile_size] += tile_proba * weights
             weight_sum[y:y + tile_size, x:x + tile_size] += weights
     assert total is not None
-    return TileSums((rows[0], cols[0]), total, weight_sum)
+    return GridWindow((rows[0], cols[0]), total, weight_sum)
 
 
 def blended(total: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -190,8 +183,7 @@ def blended(total: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None,
                   overlap: int, batch_size: int, anchor: int | None = None,
-                  origin: tuple[int, int] = (0, 0),
-                  region: tuple[tuple[int, int], tuple[int, int]] | None = None,
+                  origin: tuple[int, int] = (0, 0), region: Window | None = None,
                   scene: tuple[int, int] | None = None, blend: str = "ramp") -> np.ndarray:
     """Blended class probabilities (classes, H, W) of a normalised image (bands, H, W).
 
@@ -206,17 +198,5 @@ def predict_tiled(model: CloudModel, image: np.ndarray, *, tile_size: int | None
     """
     if tile_size is None:  # pixel models take the whole chunk at once
         return model.predict_proba(image[None])[0]
-    stride = tile_size - overlap
-    anchor = -overlap if anchor is None else anchor
-    rows, cols = (tile_starts(image.shape[axis - 2], tile_size, stride, anchor, origin[axis],
-                              scene=None if scene is None else scene[axis], blend=blend)
-                  for axis in (0, 1))
-    if region is not None:
-        rows = _touching(rows, tile_size, region[0])
-        cols = _touching(cols, tile_size, region[1])
-    sums = sum_tiles(model, image, rows=rows, cols=cols, tile_size=tile_size, overlap=overlap,
-                     batch_size=batch_size, blend=blend)
-    total = np.zeros((sums.total.shape[0], *image.shape[-2:]), np.float64)
-    weight = np.zeros(image.shape[-2:], np.float64)
-    sums.add_to(total, weight, (0, 0))
-    return blended(total, weight)
+    return TileLattice(tile_size, overlap, anchor, blend).predict(
+        model, image, batch_size=batch_size, origin=origin, region=region, scene=scene)
