@@ -25,8 +25,8 @@ from torch import nn
 from .._optional import import_optional
 from ..errors import MissingWeightsError, WeightsError
 
-__all__ = ["SUFFIXES", "check_suffix", "dump_metadata", "load_state", "parse_metadata",
-           "read_checkpoint", "write_checkpoint"]
+__all__ = ["SUFFIXES", "check_suffix", "dump_metadata", "load_state", "load_weights_only",
+           "parse_metadata", "read_checkpoint", "write_checkpoint"]
 
 SUFFIXES = (".safetensors", ".pt", ".pth")
 """File endings of checkpoints: safetensors, or a weights-only torch file."""
@@ -106,14 +106,40 @@ def _read_safetensors(path: Path, key: str,
         raise WeightsError(f"{path} is not a readable safetensors file ({error})") from None
 
 
-def _read_torch(path: Path, key: str, device: str) -> tuple[dict[str, torch.Tensor], str]:
+def load_weights_only(path: Path, *, map_location: str | torch.device, advice: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers, never pickled code.
+
+    Parameters
+    ----------
+    path
+        A ``.pt``/``.pth``/``.ckpt`` file.
+    map_location
+        Where the tensors go.
+    advice
+        What the user should save instead, for the error message.
+
+    Returns
+    -------
+    Any
+        What the file holds.
+
+    Raises
+    ------
+    WeightsError
+        The file cannot be read without unpickling Python objects, or is not a torch file.
+    """
     try:
-        content = torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         raise WeightsError(
             f"{path} cannot be read as a weights-only torch file ({error}); xcloud never "
-            "unpickles Python objects: save a plain dict of tensors"
+            f"unpickles Python objects: {advice}"
         ) from None
+
+
+def _read_torch(path: Path, key: str, device: str) -> tuple[dict[str, torch.Tensor], str]:
+    content = load_weights_only(path, map_location=device,
+                                advice="save a plain dict of tensors")
     if not isinstance(content, dict) or not isinstance(content.get("state_dict"), dict):
         raise WeightsError(f"{path} is not an xcloud checkpoint (no 'state_dict' entry); "
                            "write checkpoints with the model module's save_checkpoint")

@@ -53,7 +53,6 @@ The input bands and the decoder widths are read off the tensors' shapes (smp's
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -61,7 +60,7 @@ import numpy as np
 import torch
 
 from ..errors import MissingWeightsError, WeightsError
-from ._checkpoint import load_state, read_checkpoint
+from ._checkpoint import load_state, load_weights_only, read_checkpoint
 from .classes import CLOUDSEN12_SCHEME
 from .fetch import resolve_weights
 from .protocol import ModelInfo, Normalization
@@ -121,13 +120,8 @@ _PUBLISHED = {"l1c": "cloudsen12.pt, UNetMobV2_V1.pt or UNetMobV2_V2.pt",
 def _read_torch(path: Path, map_location: str) -> Mapping[str, object]:
     if is_torchscript_archive(path):
         return read_torchscript_tensors(path, map_location=map_location)
-    try:
-        content = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise WeightsError(
-            f"{path} cannot be read as a weights-only torch file ({error}); xcloud never "
-            "unpickles Python objects: save the network's state_dict with torch.save"
-        ) from None
+    content = load_weights_only(path, map_location=map_location,
+                                advice="save the network's state_dict with torch.save")
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not isinstance(content, Mapping):

@@ -58,17 +58,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._optional import import_optional
 from .._version import __version__
 from ..data.bands import canonical_band_name
 from ..errors import MissingWeightsError, WeightsError
 from ._checkpoint import (
     SUFFIXES,
-    check_suffix,
     dump_metadata,
     load_state,
     parse_metadata,
     read_checkpoint,
+    write_checkpoint,
 )
 from .classes import KAPPAMASK_SCHEME
 from .fetch import resolve_weights
@@ -312,18 +311,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: KappaMaskUNet, *,
                           tuple(float(v) for v in maximum), str(level).upper(),
                           extra=dict(extra or {}))
     meta.check("the checkpoint to save")
-    text = meta.to_json()
-    state = {k: v.detach().to("cpu", copy=True).contiguous()
-             for k, v in model.state_dict().items()}
-    check_suffix(path)
-    partial = path.with_name(f".{path.name}.partial")
-    if path.suffix == ".safetensors":
-        safetensors_torch = import_optional("safetensors.torch", extra="training")
-        safetensors_torch.save_file(state, str(partial), metadata={_METADATA_KEY: text})
-    else:
-        torch.save({"state_dict": state, _METADATA_KEY: text}, partial)
-    os.replace(partial, path)
-    return path
+    return write_checkpoint(path, model, key=_METADATA_KEY, metadata=meta.to_json())
 
 
 def load_checkpoint(path: str | os.PathLike[str], *,
