@@ -187,3 +187,52 @@ def test_a_model_of_the_other_level_warns_or_raises_naming_the_right_models(tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("error", ProcessingLevelWarning)
         xcloud.predict(data, model="ukis-6b-l1c")  # the right level: no warning
+
+
+def test_load_keeps_a_recipe_to_read_the_items_again(tmp_path):
+    """Selections keep it (the values are the loaded ones); anything that changes a value or
+    assembles the data anew drops it (see xcloud.data.load.recipe_of)."""
+    from xcloud.data.load import recipe_of
+
+    relative, keys, _ = PROVIDERS[4]
+    document = localize(real_items(relative)[0], keys, tmp_path)
+    data = load([document], bands=["B04", "B11"], resolution=10, chunks=4)
+    assert not any("recipe" in key for key in data.attrs)  # two loads stay identical
+    recipe = recipe_of(data)
+    assert recipe is not None and recipe.geobox == data.odc.geobox
+    assert recipe.bands == ("B04", "B11") and len(recipe.hrefs("B04")) == 1
+    window = recipe_of(data.isel(y=slice(2, 9), x=slice(3, 12)))
+    assert window is not None and window.geobox == data.isel(y=slice(2, 9),
+                                                             x=slice(3, 12)).odc.geobox
+    for kept in (data[["B04"]], data.isel(time=0), data.sel(time=data.time[0]),
+                 data.chunk({"x": 6})):
+        assert recipe_of(kept) is not None
+    for changed in (data * 2, data.where(data > 0), data.fillna(0), data.astype("float64"),
+                    data.compute(), data.assign(B04=data.B11)):
+        assert recipe_of(changed) is None
+    assert recipe_of(data, ["B04"]) is not None
+    assert recipe_of(data.assign(ndvi=data.B04 * 2), ["B04"]) is not None  # B04 is unchanged
+    assert recipe_of(data.assign_coords(x=data.x + 1)) is None  # not the loaded grid
+
+
+def test_decoding_threads_fill_the_cores_a_task_is_given(monkeypatch, tmp_path):
+    """Local reads decode with the task's threads; network reads, and a number the user set,
+    keep one (an error in a decoder thread is lost: wrong pixels)."""
+    import dask
+    import rasterio
+
+    from xcloud.data.load import _decode_threads, _ReadPolicy, recipe_of
+
+    monkeypatch.setenv("XCLOUD_NUM_THREADS", "3")
+    with dask.config.set(scheduler="sync"), rasterio.Env(GDAL_NUM_THREADS="1"):
+        with _decode_threads(_ReadPolicy(strict=False), network=False):
+            assert rasterio.env.getenv()["GDAL_NUM_THREADS"] == "3"
+        for policy, network in ((_ReadPolicy(strict=False), True),
+                                (_ReadPolicy(strict=False, decode_threads=False), False)):
+            with _decode_threads(policy, network=network):
+                assert rasterio.env.getenv()["GDAL_NUM_THREADS"] == "1"
+    relative, keys, _ = PROVIDERS[4]
+    document = localize(real_items(relative)[0], keys, tmp_path)
+    fixed = load([document], bands=["B04"], gdal={"GDAL_NUM_THREADS": 2})
+    assert recipe_of(fixed).plan.driver._policy.decode_threads is False
+    assert recipe_of(load([document], bands=["B04"])).plan.driver._policy.decode_threads

@@ -47,7 +47,7 @@ def test_end_to_end_through_the_stac_api(stac_api, served_item, tmp_path):
     job = run_search_and_mask(
         stac_api.url, store, collections=["xcloud-e2e-l1c"], bbox=served_item["bbox"],
         datetime="2017-02-16", query={"platform": {"eq": "sentinel-2a"}}, crop=False,
-        model=MODEL, chunk_size=384,
+        model=MODEL, chunk_size=384, read_resolution="data",  # the path predict takes below
     )
     assert job.source_items == [served_item["id"]]
     stored = xr.open_zarr(store, decode_coords="all")[job.mask.name]

@@ -59,6 +59,7 @@ class CloudMaskBase:
         nodata: float | None = None,
         invalid: str = "nodata",
         resolution: float | None = None,
+        read_resolution: str | float | None = None,
         scale: float | None = None,
         offset: float | None = None,
         chunk_size: int = DEFAULT_CHUNK,
@@ -70,8 +71,8 @@ class CloudMaskBase:
         Parameters
         ----------
         model, weights, output, device, runtime, batch_size, halo, boundary, tile_size, \
-tile_overlap, tile_anchor, tile_blend, nodata, invalid, resolution, scale, offset, \
-chunk_size, bands, strict
+tile_overlap, tile_anchor, tile_blend, nodata, invalid, resolution, read_resolution, \
+scale, offset, chunk_size, bands, strict
             As for :func:`xcloud.predict`.
 
         Returns
@@ -86,7 +87,8 @@ chunk_size, bands, strict
             runtime=runtime, batch_size=batch_size, halo=halo, boundary=boundary,
             tile_size=tile_size, tile_overlap=tile_overlap, tile_anchor=tile_anchor,
             tile_blend=tile_blend, nodata=nodata, invalid=invalid, resolution=resolution,
-            scale=scale, offset=offset, chunk_size=chunk_size, bands=bands, strict=strict,
+            read_resolution=read_resolution, scale=scale, offset=offset, chunk_size=chunk_size,
+            bands=bands, strict=strict,
         )
 
     def to_zarr(

@@ -215,6 +215,17 @@ def _cli_words(message: str) -> str:
     return re.sub(r"\bweights=(?=[A-Z'\"/~.])", "--weights ", message)
 
 
+def _read_resolution(text: str) -> str | float:
+    """``--read-resolution``: ``model``, ``data`` or a pixel size in metres."""
+    if text in ("model", "data"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--read-resolution must be 'model', 'data' or metres, got {text!r}") from None
+
+
 def _job_options(args: argparse.Namespace) -> dict:
     from .models.registry import get
 
@@ -222,6 +233,7 @@ def _job_options(args: argparse.Namespace) -> dict:
     options = {
         "model": args.model, "weights": args.weights, "resolution": args.resolution,
         "chunk_size": args.chunk, "device": args.device, "resampling": args.resampling,
+        "read_resolution": args.read_resolution,
         "multiscales": tuple(args.multiscales or ()), "progress": not args.quiet,
         "gdal": parse_options(args.gdal_option, flag="--gdal-option") or None,
         "aws": parse_options(args.aws_option, flag="--aws-option") or None,
@@ -341,6 +353,11 @@ def _add_job_options(parser: argparse.ArgumentParser, *, chunk: int) -> None:
     grid.add_argument("--multiscales", type=int, nargs="*", metavar="FACTOR",
                       help="also write coarser levels, e.g. 2 6 for 20 m and 60 m")
     reading = parser.add_argument_group("reading the bands")
+    reading.add_argument("--read-resolution", type=_read_resolution, default=None,
+                         metavar="{model,data,M}",
+                         help="read the bands on the model's grid from overviews / JPEG 2000 "
+                         "levels ('model'), at the output resolution ('data'), or on a grid "
+                         "of M metres (default: the model's, see docs/concepts.md)")
     reading.add_argument("--gdal-option", action="append", metavar="KEY=VALUE",
                          help="GDAL configuration option for reading http(s):// and s3:// "
                          "assets, e.g. GDAL_HTTP_MAX_RETRY=10 (repeatable)")

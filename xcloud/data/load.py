@@ -23,6 +23,18 @@ the Dask graph into each task, so the same settings apply in the threaded schedu
 retries transient HTTP errors itself (``GDAL_HTTP_MAX_RETRY``, ``GDAL_HTTP_RETRY_DELAY``,
 ``GDAL_HTTP_RETRY_CODES``); a read that still fails is an :class:`~xcloud.errors.AssetReadError`
 or a read-failure record as above, never silently missing pixels.
+
+Decoding threads: a read of a local file decodes with as many GDAL threads
+(``GDAL_NUM_THREADS``: JPEG 2000 tiles, GeoTIFF blocks) as the Dask task may use without
+oversubscribing the cores (:func:`xcloud.engine.threads_per_task`: all cores under the
+synchronous scheduler, ``cores // num_workers`` under the threaded one, one in a
+``distributed`` worker); a read over the network always decodes in its own thread (see
+:data:`CLOUD_GDAL_OPTIONS`). ``gdal={"GDAL_NUM_THREADS": ...}`` fixes the number instead.
+
+Reading again at another resolution: this process remembers the :class:`LoadRecipe` each
+Dataset was made with, under the names of its Dask arrays (:func:`recipe_of` finds it from
+the data, or a selection of them); :mod:`xcloud.data.levels` reads the same items on a coarser
+grid from the files' overviews or JPEG 2000 resolution levels.
 """
 
 from __future__ import annotations
@@ -33,15 +45,17 @@ import math
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
 
 from .._optional import import_optional
+from .._threads import threads_per_task
 from ..errors import AssetReadError, AssetReadWarning, StacError
 from .bands import SENTINEL2_BANDS, canonical_band_name
 from .items import as_items, common_bands, harmonize_item, item_radiometry
@@ -52,8 +66,8 @@ DEFAULT_CHUNK = 1024
 masked in under 4 GiB, about as fast as in 2048 px chunks (benchmarks/bench_memory.py)."""
 
 __all__ = ["AWS_OPTIONS", "CLOUD_GDAL_OPTIONS", "DEFAULT_CHUNK", "PROCESSING_LEVEL_ATTR",
-           "SOURCE_ITEMS_ATTR", "ReadFailure", "gdal_environment", "load",
-           "take_read_failures"]
+           "RECIPES_KEPT", "SOURCE_ITEMS_ATTR", "LoadRecipe", "ReadFailure",
+           "gdal_environment", "load", "recipe_of", "take_read_failures"]
 
 CLOUD_GDAL_OPTIONS: dict[str, str] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing of the asset's folder per open
@@ -82,9 +96,9 @@ the transfer), ``region_name``, ``endpoint_url`` (an S3-compatible server), a pr
 with the Dask graph)."""
 
 SOURCE_ITEMS_ATTR = "source_items"
+"""Dataset/mask attribute listing the ids of the STAC items the data came from."""
 PROCESSING_LEVEL_ATTR = "xcloud:processing_level"
 """Attribute of loaded data: the items' processing level, ``"L1C"`` or ``"L2A"``."""
-"""Dataset/mask attribute listing the ids of the STAC items the data came from."""
 
 _KERNEL_METHODS = ("bilinear", "sinc", "nearest")
 _GROUPINGS = ("solar_day", "time", "id")
@@ -210,6 +224,22 @@ class _ReadPolicy:
     strict: bool
     retries: int = 0  # extra reads of a network asset after a failed one
     delay: float = 0.5  # seconds before the first extra read, doubled for each further one
+    decode_threads: bool = True  # False where the user fixed GDAL_NUM_THREADS (gdal=)
+
+
+@contextmanager
+def _decode_threads(policy: _ReadPolicy, network: bool) -> Iterator[None]:
+    """GDAL's decoding threads for one read of a local file: the cores this Dask task may use
+    (:func:`~xcloud._threads.threads_per_task`); a network read keeps one (an error in a
+    decoder thread is lost: wrong pixels), as does a number the user set."""
+    threads = threads_per_task() if policy.decode_threads and not network else 1
+    if threads <= 1:
+        yield
+        return
+    import rasterio
+
+    with rasterio.Env(GDAL_NUM_THREADS=str(threads)):
+        yield
 
 
 class _CheckedReader:
@@ -232,7 +262,8 @@ class _CheckedReader:
         attempts = 1 + (policy.retries if network else 0)
         for attempt in range(attempts):
             try:
-                return self._reader.read(cfg, dst_geobox, dst=dst, selection=selection)
+                with _decode_threads(policy, network):
+                    return self._reader.read(cfg, dst_geobox, dst=dst, selection=selection)
             # any failure: rasterio/GDAL errors, OSError, and e.g. odc-geo's AssertionError on
             # a GeoTIFF cut inside its tags (it opens without a CRS)
             except Exception as error:
@@ -259,11 +290,57 @@ class _CheckedReader:
                                     str(dst_geobox.boundingbox)))
 
 
+class _LevelReader:
+    """Reads one reduced-resolution level of a file (GDAL overview ``level``: a GeoTIFF
+    overview or a JPEG 2000 resolution level) pixel for pixel: the destination grid is a
+    window of that level's own grid (as GDAL reports it), so nothing is resampled and no
+    other level is ever decoded."""
+
+    def __init__(self, src: Any, level: int) -> None:
+        self._src, self._level = src, level
+
+    def read(self, cfg: Any, dst_geobox: Any, *, dst: Any = None,
+             selection: Any = None) -> tuple[Any, Any]:
+        import rasterio
+        from rasterio.windows import Window
+
+        band = int(self._src.band or 1)
+        with rasterio.open(self._src.uri, "r", sharing=False,
+                           overview_level=self._level) as source:
+            first = dst_geobox.affine  # the centre of the first pixel, on the level's grid
+            row, column = source.index(first.c + first.a / 2, first.f + first.e / 2)
+            height, width = dst_geobox.shape.yx
+            top, left = max(row, 0), max(column, 0)
+            bottom, right = min(row + height, source.height), min(column + width, source.width)
+            dtype = np.dtype(cfg.dtype or source.dtypes[band - 1])
+            if bottom <= top or right <= left:
+                return np.s_[0:0, 0:0], np.empty((0, 0), dtype)
+            roi = np.s_[top - row:bottom - row, left - column:right - column]
+            pixels = source.read(band, window=Window(left, top, right - left, bottom - top))
+            nodata = cfg.src_nodata_override if cfg.src_nodata_override is not None else \
+                source.nodatavals[band - 1]
+        out = dst[roi] if dst is not None else np.empty(pixels.shape, dtype)
+        np.copyto(out, pixels, casting="unsafe")
+        fill = cfg.fill_value if cfg.fill_value is not None else nodata
+        if nodata is not None and fill is not None and not _same_value(nodata, fill):
+            np.copyto(out, fill, where=pixels == nodata, casting="unsafe")
+        return roi, out
+
+
+def _same_value(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
 class _CheckedDriver:
-    """odc-stac's rasterio driver with :class:`_CheckedReader` readers (picklable)."""
+    """odc-stac's rasterio driver with :class:`_CheckedReader` readers (picklable).
+
+    ``levels`` (href -> GDAL overview index) reads those files' reduced-resolution levels
+    with :class:`_LevelReader` instead, onto a grid that must be the level's own.
+    """
 
     def __init__(self, sources: Mapping[str, tuple[str, str]], strict: bool,
-                 env: Mapping[str, Any] | None = None, read_retries: int = 0) -> None:
+                 env: Mapping[str, Any] | None = None, read_retries: int = 0,
+                 decode_threads: bool = True) -> None:
         from odc.loader import RioDriver
         from odc.stac._mdtools import StacAuxReader
 
@@ -271,7 +348,15 @@ class _CheckedDriver:
         self._sources = dict(sources)
         self._env = dict(env or {})
         delay = float(self._env.get("GDAL_HTTP_RETRY_DELAY", 0.5))
-        self._policy = _ReadPolicy(strict, read_retries, delay)
+        self._policy = _ReadPolicy(strict, read_retries, delay, decode_threads)
+        self._levels: dict[str, int] = {}
+
+    def reading_levels(self, levels: Mapping[str, int]) -> _CheckedDriver:
+        """A copy that reads the GDAL overview ``levels[href]`` of the files it names."""
+        copy = object.__new__(_CheckedDriver)
+        copy.__dict__.update(self.__dict__)
+        copy._levels = dict(levels)
+        return copy
 
     def new_load(self, geobox: Any, *, chunks: Any = None) -> Any:
         return self._rio.new_load(geobox, chunks=chunks)
@@ -291,7 +376,16 @@ class _CheckedDriver:
 
     def open(self, src: Any, ctx: Any) -> _CheckedReader:
         source = self._sources.get(src.uri, (src.uri, str(src.band)))
-        return _CheckedReader(self._rio.open(src, ctx), source, src.uri, self._policy)
+        level = self._levels.get(src.uri)
+        reader = self._rio.open(src, ctx) if level is None else _LevelReader(src, level)
+        return _CheckedReader(reader, source, src.uri, self._policy)
+
+    @contextmanager
+    def environment(self) -> Iterator[None]:
+        """The GDAL environment (and AWS session) of the reads, in this thread."""
+        state = self._rio.new_load(cast(Any, None))  # no grid: only the environment
+        with self._rio.restore_env(self.capture_env(), state):
+            yield
 
     @property
     def md_parser(self) -> Any:
@@ -466,7 +560,8 @@ def load(
     chunk = int(chunks if isinstance(chunks, int) else min(chunks.get("x", DEFAULT_CHUNK),
                                                            chunks.get("y", DEFAULT_CHUNK)))
     driver = _CheckedDriver(_asset_sources(harmonized, names), strict,
-                            env=env, read_retries=int(read_retries))
+                            env=env, read_retries=int(read_retries),
+                            decode_threads="GDAL_NUM_THREADS" not in (gdal or {}))
     plan = _LoadPlan(geobox, native_crs, chunk, resampling, driver)
     groups = _group_items(harmonized, groupby)
     slices = [_load_group(group, names, radiometry, plan) for group in groups]
@@ -474,6 +569,13 @@ def load(
         else slices[0]
     dataset.attrs[SOURCE_ITEMS_ATTR] = [item.id for group in groups for item in group]
     dataset.attrs.update(_processing_attrs(harmonized))
+    recipe = LoadRecipe(
+        groups=tuple(tuple(group) for group in groups), bands=tuple(names),
+        times=tuple(dataset["time"].values), geobox=geobox, native_crs=native_crs,
+        arrays={name: dataset[name].data.name for name in names}, plan=plan,
+        radiometry=radiometry,
+    )
+    _remember(recipe)
     return dataset
 
 
@@ -615,3 +717,183 @@ def _to_output_grid(raw: xr.DataArray, radiometry: Radiometry, factor: int,
         values = resample_dask(values, factor, method=method, out_shape=plan.geobox.shape.yx)
     chunks = (1, plan.chunk, plan.chunk)
     return values.rechunk(chunks) if isinstance(values, da.Array) else values
+
+
+# -- reading the same items again --------------------------------------------------------------
+
+_RECIPES: OrderedDict[str, LoadRecipe] = OrderedDict()  # loaded array's Dask name -> recipe
+_RECIPES_LOCK = threading.Lock()
+RECIPES_KEPT = 4096
+"""How many loaded arrays (one per band and load) a process remembers the recipe of; the
+oldest are forgotten (data loaded that long ago are masked at their own resolution only)."""
+# dask layers that select or regroup values without changing one (the rest change them)
+_SELECTION_LAYERS = ("getitem-", "rechunk-merge-", "rechunk-split-", "rechunk-p2p-")
+
+
+@dataclass(frozen=True)
+class LoadRecipe:
+    """How :func:`load` made a Dataset: enough to read the same items again on another grid.
+
+    ``groups`` holds the (harmonised) items of each time step, ``times`` their time
+    coordinates, ``geobox`` the output grid and ``native_crs`` whether it is in the items' own
+    CRS (their files' pixel grids line up with it). The rest is private to :func:`load`.
+    """
+
+    groups: tuple[tuple[Any, ...], ...]
+    bands: tuple[str, ...]
+    times: tuple[Any, ...]
+    geobox: Any
+    native_crs: bool
+    arrays: Mapping[str, str] = field(repr=False)  # variable -> name of its Dask array
+    plan: _LoadPlan = field(repr=False)
+    radiometry: Mapping[str, Mapping[str, Radiometry]] = field(repr=False)
+
+    def hrefs(self, band: str) -> list[str]:
+        """The files of ``band``, one per item, in the order of :attr:`groups`."""
+        return [item.assets[band].get_absolute_href() or item.assets[band].href
+                for group in self.groups for item in group]
+
+    @property
+    def chunk(self) -> int:
+        """The spatial chunk of the loaded data, in its pixels."""
+        return self.plan.chunk
+
+    @contextmanager
+    def environment(self) -> Iterator[None]:
+        """The GDAL environment (and AWS session) the reads run in, in this thread: for
+        opening the items' files on the client (e.g. to list their overviews)."""
+        with self.plan.driver.environment():
+            yield
+
+    def read(self, band: str, geobox: Any, *, chunk: int,
+             levels: Mapping[str, int] | None = None) -> Any:
+        """``band`` of every time step on ``geobox``, lazily, as reflectance.
+
+        Parameters
+        ----------
+        band
+            A band of :attr:`bands`.
+        geobox
+            The grid to read onto. Without ``levels`` anything odc-stac reads (bands coarser
+            than it are brought onto it as :func:`load` does when the ratio is an integer,
+            ``recipe.resampling``); with ``levels``, a window of the GDAL overview grid of
+            those files (read pixel for pixel).
+        chunk
+            Spatial chunk, in pixels of ``geobox``.
+        levels
+            href -> GDAL overview index of the files to read a reduced-resolution level of.
+
+        Returns
+        -------
+        dask.array.Array
+            float32 (time, y, x) reflectance, NaN for no data (class layers: uint8).
+        """
+        import dask.array as da
+
+        plan = replace(self.plan, geobox=geobox, chunk=chunk,
+                       driver=self.plan.driver.reading_levels(levels or {}))
+        times = []
+        for group in self.groups:
+            factor = 1 if levels else _native_factor(group[0], band, plan)
+            raw = _read(list(group), [band], plan, factor)[band]
+            times.append(_to_output_grid(raw, self.radiometry[group[0].id][band], factor, plan))
+        return da.concatenate(times, axis=0) if len(times) > 1 else times[0]
+
+    def narrowed(self, times: Sequence[Any], geobox: Any) -> LoadRecipe:
+        """The recipe of the time steps ``times`` (of :attr:`times`) on ``geobox``."""
+        keep = [self.times.index(time) for time in times]
+        return replace(self, groups=tuple(self.groups[k] for k in keep),
+                       times=tuple(self.times[k] for k in keep), geobox=geobox)
+
+
+def _remember(recipe: LoadRecipe) -> None:
+    with _RECIPES_LOCK:
+        for name in recipe.arrays.values():
+            _RECIPES[name] = recipe
+            _RECIPES.move_to_end(name)
+        while len(_RECIPES) > RECIPES_KEPT:
+            _RECIPES.popitem(last=False)
+
+
+def _loaded_source(array: Any) -> str | None:
+    """The name of the loaded array that the Dask ``array`` is, or only selects or rechunks
+    (``isel``, ``sel``, ``chunk``: its values are the loaded values); None for anything else."""
+    import dask.array as da
+
+    if not isinstance(array, da.Array):
+        return None
+    graph = array.dask
+    layer = array.name
+    while layer not in _RECIPES:
+        dependencies = graph.dependencies.get(layer, set())
+        if not layer.startswith(_SELECTION_LAYERS) or len(dependencies) != 1:
+            return None
+        layer = next(iter(dependencies))
+    return layer
+
+
+def _window(geobox: Any, data: xr.Dataset) -> Any:
+    """The window of ``geobox`` that ``data``'s coordinates cover, or None when they are not
+    consecutive pixels of it."""
+    ydim, xdim = geobox.dimensions
+    if ydim not in data.coords or xdim not in data.coords:
+        return None
+    starts = []
+    for axis, dim in ((0, ydim), (1, xdim)):
+        centres = np.asarray(data[dim].values, dtype=np.float64)
+        origin = geobox.affine.f if axis == 0 else geobox.affine.c
+        size = geobox.affine.e if axis == 0 else geobox.affine.a
+        index = (centres - origin) / size - 0.5
+        first = round(float(index[0])) if index.size else 0
+        expected = first + np.arange(index.size)
+        if (not index.size or first < 0 or first + index.size > geobox.shape[axis]
+                or not np.allclose(index, expected, atol=1e-6)):
+            return None
+        starts.append(slice(first, first + index.size))
+    return geobox[starts[0], starts[1]]
+
+
+def recipe_of(data: xr.Dataset | xr.DataArray,
+              bands: Sequence[str] | None = None) -> LoadRecipe | None:
+    """The recipe of data that :func:`load` made in this process, narrowed to what ``data``
+    still holds; None when that is not known.
+
+    The rule: ``data`` is a Dataset that :func:`load` returned, or a selection of it
+    (variables, ``isel``/``sel`` of time steps or a window of pixels, ``chunk``), whose
+    variables ``bands`` (default: all) still hold the loaded values. Anything that changes a
+    value (arithmetic, ``where``, ``fillna``, ``astype``), other coordinates, a Dataset
+    assembled from pieces, a computed (numpy) Dataset, data pickled to another process, or
+    loaded so long ago that the recipe was forgotten (:data:`RECIPES_KEPT`): None. Nothing is
+    added to the data: the recipe is found from the names of their Dask arrays.
+
+    Parameters
+    ----------
+    data
+        What :func:`load` returned, or a selection of it.
+    bands
+        The variables that must hold loaded values (default: every data variable).
+
+    Returns
+    -------
+    LoadRecipe or None
+        Its ``times`` and ``geobox`` are those of ``data``.
+    """
+    if not isinstance(data, xr.Dataset):
+        return None
+    names = [str(name) for name in data.data_vars] if bands is None else list(bands)
+    if not names or any(name not in data.data_vars for name in names):
+        return None
+    with _RECIPES_LOCK:
+        sources = [_loaded_source(data[name].data) for name in names]
+        recipes = {id(_RECIPES[s]): _RECIPES[s] for s in sources if s is not None}
+    if None in sources or len(recipes) != 1:
+        return None
+    recipe = next(iter(recipes.values()))
+    if any(recipe.arrays.get(name) != source for name, source in zip(names, sources,
+                                                                     strict=True)):
+        return None  # a variable holding another band's values
+    times = np.atleast_1d(data["time"].values) if "time" in data.coords else ()
+    if len(times) == 0 or any(time not in recipe.times for time in times):
+        return None
+    geobox = _window(recipe.geobox, data)
+    return None if geobox is None else recipe.narrowed(list(times), geobox)

@@ -9,6 +9,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import dask
 import dask.array as da
@@ -36,6 +37,7 @@ from .cache import ModelSpec
 from .checks import take_counts
 from .device import resolve_device
 from .geometry import ChunkGrid
+from .model_grid import predict_at_model_resolution, read_at_model_resolution_applies
 from .tiling import BLENDS, TileLattice
 
 __all__ = ["DEFAULT_CHUNK", "predict"]
@@ -177,6 +179,7 @@ def predict(
     nodata: float | None = None,
     invalid: str = "nodata",
     resolution: float | None = None,
+    read_resolution: str | float | None = None,
     scale: float | None = None,
     offset: float | None = None,
     chunk_size: int = DEFAULT_CHUNK,
@@ -225,6 +228,16 @@ def predict(
         numbers, an offset applied twice, a chunk far too dark) always raises.
     resolution
         Input pixel size in metres when the coordinates do not tell it.
+    read_resolution
+        Where ``data`` is what :func:`xcloud.load` made (or a selection of it) and the model
+        works on a coarser grid: ``"model"`` reads the bands again on the model's grid, from
+        the coarsest COG overview or JPEG 2000 resolution level that serves it, and brings
+        the mask back to ``data``'s grid; ``"data"`` reads at the data's resolution and
+        averages down in each chunk; a number is a model grid of that pixel size in metres
+        (s2cloudless: ``160``). None: the model's default
+        (:data:`xcloud.engine.model_grid.DEFAULT_READ_RESOLUTION`: ``"model"`` only where
+        the masks agreed with the full-resolution path on >= 99.5 % of the real scene's
+        pixels). See :mod:`xcloud.engine.model_grid`.
     scale, offset
         Convert integer digital numbers to reflectance: ``dn * scale + offset``.
     chunk_size
@@ -248,6 +261,16 @@ def predict(
         CF flag attributes included. Pixels with no data get the scheme's no-data class.
     """
     _check_choices(output=output, boundary=boundary, tile_blend=tile_blend, invalid=invalid)
+    if read_at_model_resolution_applies(data, model=model, read_resolution=read_resolution,
+                                        bands=bands, resolution=resolution, scale=scale,
+                                        offset=offset, nodata=nodata):
+        return predict_at_model_resolution(  # it applies to Datasets only
+            cast(xr.Dataset, data), model=model, read_resolution=read_resolution,
+            weights=weights, output=output,
+            device=device, runtime=runtime, batch_size=batch_size, halo=halo,
+            boundary=boundary, tile_size=tile_size, tile_overlap=tile_overlap,
+            tile_anchor=tile_anchor, tile_blend=tile_blend, invalid=invalid, bands=bands,
+            strict=strict)
     entry = get(model)
     chosen = None if bands is None else tuple(bands)
     info = _model_info(data, entry, weights=weights, runtime=runtime, bands=chosen,
