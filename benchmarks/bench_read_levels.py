@@ -111,8 +111,8 @@ def _mask(data: Any, model: str, read: str) -> Any:
     import xcloud
     from xcloud.engine.model_grid import predict_at_model_resolution
 
-    if read == "data":
-        return xcloud.predict(data, model=model)
+    if read == "data":  # predict's default may be the model's grid: ask for the data's
+        return xcloud.predict(data, model=model, read_resolution="data")
     resolution, _, full = read.partition("-")
     target: str | float = resolution if resolution == "model" else float(resolution)
     return predict_at_model_resolution(data, model=model, read_resolution=target,
@@ -260,9 +260,12 @@ def masks_table(args: argparse.Namespace, encoding: str, folder: Path, tmp: Path
     script = Path(__file__)
     runs = {}
     resolution = f"{S2CLOUDLESS_RESOLUTION:g}"
-    plan = [(UKIS, "data"), (UKIS, "model"), (S2CLOUDLESS, "data"), (S2CLOUDLESS, resolution)]
-    if not args.quick:  # the model's grid read at full resolution: what the levels change
-        plan += [(UKIS, "model-full"), (S2CLOUDLESS, f"{resolution}-full")]
+    plan = [(UKIS, "data"), (UKIS, "model")]
+    if not args.skip_s2cloudless:
+        plan += [(S2CLOUDLESS, "data"), (S2CLOUDLESS, resolution)]
+    if not (args.quick or args.skip_full_reads):  # the model's grid read at full resolution
+        plan += [(UKIS, "model-full")]
+        plan += [] if args.skip_s2cloudless else [(S2CLOUDLESS, f"{resolution}-full")]
     for model, read in plan:
         _common.progress(f"{encoding}: {model}, read at {read}")
         out = tmp / f"{encoding}-{model}-{read}.npy"
@@ -281,6 +284,8 @@ def masks_table(args: argparse.Namespace, encoding: str, folder: Path, tmp: Path
                                f"{100 * _agreement(out, before_out):.2f} %"))
     _common.print_table(SPLIT_HEADERS, rows, title=f"ukis-6b-l1c, {args.size}² tile, {name}: "
                         "target after <= 0.5x before, network >= 75 % of CPU")
+    if args.skip_s2cloudless:
+        return
     before, before_out = runs[S2CLOUDLESS, "data"]
     full = runs.get((S2CLOUDLESS, f"{resolution}-full"))
     rows = [_split_row("before: 10 m (registry resolution)", before, None, "-")]
@@ -347,6 +352,10 @@ def main() -> None:
                         help="where the encoded tiles are written and kept between runs "
                         "(default: a temporary folder, removed at the end)")
     parser.add_argument("--skip-scaling", action="store_true", help="tables 1-3 only")
+    parser.add_argument("--skip-s2cloudless", action="store_true",
+                        help="leave out s2cloudless' rows")
+    parser.add_argument("--skip-full-reads", action="store_true",
+                        help="leave out the model's grid read at full resolution")
     args = parser.parse_args()
     _common.use_data(args.data)
     args.size = args.size or (QUICK_SIZE if args.quick else FULL_SIZE)
