@@ -50,7 +50,7 @@ def _agreement(a, b) -> float:
 
 
 def test_the_mask_is_predicts_on_the_users_grid(tile):
-    full = xcloud.predict(tile, model=MODEL)
+    full = xcloud.predict(tile, model=MODEL, read_resolution="data")
     mask = predict_at_model_resolution(tile, model=MODEL)
     assert mask.name == full.name and mask.dims == full.dims and mask.shape == full.shape
     assert dict(mask.attrs) == dict(full.attrs)
@@ -62,12 +62,26 @@ def test_the_mask_is_predicts_on_the_users_grid(tile):
 
 
 def test_probabilities_and_a_single_time_step(tile):
-    full = xcloud.predict(tile.isel(time=0), model=MODEL, output="proba")
+    full = xcloud.predict(tile.isel(time=0), model=MODEL, output="proba",
+                          read_resolution="data")
     proba = predict_at_model_resolution(tile.isel(time=0), model=MODEL, output="proba")
     assert proba.dims == full.dims == ("class", "y", "x") and "time" not in proba.coords
     assert dict(proba.attrs) == dict(full.attrs) and proba.name == full.name
     np.testing.assert_array_equal(proba["class"].values, full["class"].values)
     assert float(np.nanmax(np.abs(proba.values - full.values))) < 0.05
+
+
+def test_predict_takes_the_path_by_default_and_not_for_data(tile):
+    """The hook in xcloud.predict: ukis' default is the model's grid, "data" the full path."""
+    by_default = xcloud.predict(tile, model=MODEL).values
+    np.testing.assert_array_equal(by_default,
+                                  predict_at_model_resolution(tile, model=MODEL).values)
+    full = xcloud.predict(tile, model=MODEL, read_resolution="data").values
+    np.testing.assert_array_equal(full, xcloud.predict(tile.compute(), model=MODEL).values)
+    proba = {read: xcloud.predict(tile, model=MODEL, output="proba", read_resolution=read).values
+             for read in (None, "model", "data")}
+    np.testing.assert_array_equal(proba[None], proba["model"])
+    assert not np.array_equal(proba[None], proba["data"])  # two paths, not one twice
 
 
 def test_when_the_path_applies(tile):
@@ -141,6 +155,6 @@ def test_agreement_on_the_real_scene_meets_the_threshold(model):
                 bands=list(xcloud.models.get(model).info.bands), chunks=512)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        full = xcloud.predict(data, model=model, **options).values
+        full = xcloud.predict(data, model=model, read_resolution="data", **options).values
         mask = predict_at_model_resolution(data, model=model, **options).values
     assert _agreement(mask, full) >= AGREEMENT_THRESHOLD

@@ -14,6 +14,7 @@ from typing import cast
 
 import numpy as np
 
+from ..models.classes import ClassScheme
 from ..models.protocol import CloudModel, ModelInfo
 from .cache import ModelSpec, get_model
 from .checks import check_input, invalid_pixels, nonfinite_pixels
@@ -21,8 +22,8 @@ from .device import limit_torch_threads, threads_per_task
 from .geometry import ChunkGrid, Window, to_model, whole_factor
 from .tiling import TileLattice
 
-__all__ = ["BlockTask", "empty_output", "finish_block", "loaded_model", "normalized_block",
-           "predict_block", "upsample_core"]
+__all__ = ["BlockTask", "classes_of", "empty_output", "finish_block", "loaded_model",
+           "normalized_block", "predict_block", "upsample_core"]
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,31 @@ def finish_block(proba: np.ndarray, core_empty: np.ndarray, task: BlockTask,
         proba = proba.astype(np.float32, copy=False)
         proba[:, core_empty | broken] = np.nan
         return proba
-    scheme = task.info.scheme
+    return classes_of(proba, spec=task.spec, scheme=task.info.scheme, nonfinite=broken,
+                      nodata=core_empty | broken)[None]
+
+
+def classes_of(proba: np.ndarray, *, spec: ModelSpec, scheme: ClassScheme,
+               nonfinite: np.ndarray, nodata: np.ndarray) -> np.ndarray:
+    """The scheme's class values (rows, columns) of probabilities (channels, rows, columns).
+
+    Parameters
+    ----------
+    proba
+        The model's probabilities.
+    spec, scheme
+        The model (its ``classify``, loaded once per process) and its class scheme.
+    nonfinite
+        Pixels whose probabilities are not finite: classified from zeros, never from NaN.
+    nodata
+        Pixels that get the scheme's no-data value.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 class values.
+    """
     classes = np.asarray(scheme.values, np.uint8)[
-        get_model(task.spec).classify(np.where(broken, 0.0, proba))]
-    classes[core_empty | broken] = scheme.nodata.value
-    return classes[None]
+        get_model(spec).classify(np.where(nonfinite, 0.0, proba))]
+    classes[nodata] = scheme.nodata.value
+    return classes

@@ -44,6 +44,7 @@ from ..data.load import recipe_of
 from ..models.protocol import ModelInfo
 from ..models.registry import get
 from .attributes import MASK_VARIABLE, mask_attrs, probability_attrs
+from .blocks import classes_of
 from .cache import ModelSpec, get_model
 from .device import resolve_device
 
@@ -296,14 +297,11 @@ def _classified(fine: da.Array, spec: ModelSpec, info: ModelInfo) -> da.Array:
 
 
 def _classify_block(proba: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    model = get_model(spec)
-    scheme = model.info.scheme
-    values = np.asarray(scheme.values, np.uint8)
+    scheme = get_model(spec).info.scheme
     out = np.empty((proba.shape[0], *proba.shape[2:]), np.uint8)
     for step, image in enumerate(proba):
         empty = ~np.isfinite(image).all(axis=0)
-        out[step] = values[model.classify(np.where(empty, 0.0, image))]
-        out[step][empty] = scheme.nodata.value
+        out[step] = classes_of(image, spec=spec, scheme=scheme, nonfinite=empty, nodata=empty)
     return out
 
 
