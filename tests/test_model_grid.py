@@ -19,6 +19,7 @@ from xcloud.data.sample import scene_item
 from xcloud.engine.model_grid import (
     AGREEMENT_THRESHOLD,
     DEFAULT_READ_RESOLUTION,
+    FINE_CLASSES_LAYER,
     MEASURED_AGREEMENT,
     model_grid_factor,
     predict_at_model_resolution,
@@ -69,6 +70,30 @@ def test_probabilities_and_a_single_time_step(tile):
     assert dict(proba.attrs) == dict(full.attrs) and proba.name == full.name
     np.testing.assert_array_equal(proba["class"].values, full["class"].values)
     assert float(np.nanmax(np.abs(proba.values - full.values))) < 0.05
+
+
+def _classified_reference(proba: np.ndarray) -> np.ndarray:
+    """ukis' classes of probabilities (argmax), no data where they are not finite."""
+    scheme = xcloud.models.get(MODEL).info.scheme
+    empty = ~np.isfinite(proba).all(axis=1)
+    index = np.argmax(np.where(empty[:, None], 0.0, proba), axis=1)
+    classes = np.asarray(scheme.values, np.uint8)[index]
+    classes[empty] = scheme.nodata.value
+    return classes
+
+
+def test_classes_are_the_classified_probabilities(tile, monkeypatch):
+    """The class path keeps no fine probabilities, yet gives exactly the classes of the
+    probability path; so does its fallback for models with their own classify."""
+    from xcloud.engine import model_grid
+
+    tile = tile.isel(y=slice(0, 200), x=slice(0, 260))
+    proba = predict_at_model_resolution(tile, model=MODEL, output="proba").values
+    classes = predict_at_model_resolution(tile, model=MODEL).values
+    np.testing.assert_array_equal(classes, _classified_reference(proba))
+    monkeypatch.setattr(model_grid, "classifies_by_argmax", lambda model: False)
+    np.testing.assert_array_equal(predict_at_model_resolution(tile, model=MODEL).values,
+                                  classes)
 
 
 def test_predict_takes_the_path_by_default_and_not_for_data(tile):
@@ -123,10 +148,11 @@ def test_the_pipeline_reads_at_the_models_resolution_by_default(tile_folder, tmp
     job = mask_items([item], tmp_path / "masks.zarr", model=MODEL, chunk_size=128,
                      write_stac_item=False)
     layers = list(job.mask.data.__dask_graph__().layers)
-    assert any("classify_block" in name for name in layers)
+    assert any(name.startswith(FINE_CLASSES_LAYER) for name in layers)
     plain = mask_items([item], tmp_path / "plain.zarr", model=MODEL, chunk_size=128,
                        write_stac_item=False, read_resolution="data")
-    assert not any("classify_block" in name for name in plain.mask.data.__dask_graph__().layers)
+    assert not any(name.startswith(FINE_CLASSES_LAYER)
+                   for name in plain.mask.data.__dask_graph__().layers)
     assert _agreement(job.mask.values, plain.mask.values) > 0.999
 
 

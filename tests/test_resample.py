@@ -14,12 +14,15 @@ import pytest
 import xarray as xr
 
 from xcloud.data.resample import (
+    NO_CLASS,
     block_sums,
     downsample_majority,
     downsample_mean,
     resample_dask,
     resample_dataarray,
     upsample_bilinear,
+    upsample_bilinear_argmax,
+    upsample_bilinear_argmax_dask,
     upsample_nearest,
     upsample_sinc,
 )
@@ -437,3 +440,95 @@ def test_dataarray_downsampling_moves_coordinates():
     np.testing.assert_allclose(out.y, 5800000.0 - 80 * (np.arange(2) + 0.5))
     assert out.spatial_ref.attrs["GeoTransform"].split()[1::4] == ["80.0", "-80.0"]
     assert scene().spatial_ref.attrs["GeoTransform"].split()[1] == "20.0"  # input untouched
+
+
+# ---------------------------------------------------------------- classes of upsampled proba
+
+
+def _argmax_of_upsampled(proba: np.ndarray, factor: int, out_shape=None) -> np.ndarray:
+    """The reference: upsample every channel, then argmax; NO_CLASS where not finite."""
+    smooth = upsample_bilinear(proba, factor, out_shape=out_shape)
+    broken = ~np.isfinite(smooth).all(axis=-3)
+    index = np.argmax(np.where(broken[..., None, :, :], 0.0, smooth), axis=-3).astype(np.uint8)
+    index[broken] = NO_CLASS
+    return index
+
+
+def _weighted(proba: np.ndarray) -> np.ndarray:
+    """Probabilities with a NaN hole as the model-grid path stacks them: 0 and a weight."""
+    valid = np.isfinite(proba).all(axis=-3, keepdims=True)
+    return np.concatenate([np.where(valid, proba, 0.0), valid.astype(np.float32)], axis=-3)
+
+
+def _normalised_reference(stacked: np.ndarray, factor: int, out_shape=None) -> np.ndarray:
+    """Upsample, divide by the upsampled weight, argmax; no class where the nearest source
+    pixel has no weight."""
+    smooth = upsample_bilinear(stacked, factor, out_shape=out_shape)
+    covered = upsample_nearest(stacked[..., -1, :, :] > 0, factor, out_shape=out_shape)
+    weight = smooth[..., -1:, :, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        proba = (smooth[..., :-1, :, :] / weight).astype(np.float32)
+    empty = ~(covered & (weight[..., 0, :, :] > 0)) | ~np.isfinite(proba).all(axis=-3)
+    index = np.argmax(np.where(empty[..., None, :, :], 0.0, proba), axis=-3).astype(np.uint8)
+    index[empty] = NO_CLASS
+    return index
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 6])
+@pytest.mark.parametrize("out_shape", [None, (40, 33)])
+def test_argmax_of_upsampled_probabilities(factor, out_shape):
+    proba = RNG.random((2, 5, 14, 12), dtype=np.float32)
+    proba[0, 2, 3:6, 4:7] = np.nan  # propagates to the footprint: no class there
+    proba[1, :, 8:, :] = 0.25  # ties: the first channel, as numpy.argmax
+    out_shape = None if out_shape is None or factor < 3 else out_shape
+    got = upsample_bilinear_argmax(proba, factor, out_shape=out_shape)
+    expected = _argmax_of_upsampled(proba, factor, out_shape)
+    assert got.dtype == np.uint8 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert (got == NO_CLASS).any()
+    assert out_shape is not None or (got[1, -3:] == 0).all()  # the tie's rows
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_argmax_renormalised_over_pixels_with_data(factor):
+    proba = RNG.random((4, 20, 17), dtype=np.float32)
+    proba[:, 5:9, 2:6] = np.nan
+    proba[:, :, -2:] = np.nan
+    stacked = _weighted(proba)
+    got = upsample_bilinear_argmax(stacked, factor, weighted=True)
+    np.testing.assert_array_equal(got, _normalised_reference(stacked, factor))
+    nodata = upsample_nearest(~np.isfinite(proba).all(axis=0), factor)
+    assert (got[nodata] == NO_CLASS).all() and (got[~nodata] < 4).all()
+
+
+def test_argmax_is_a_single_pass_over_the_output():
+    """Near-equal channels everywhere: the classes still equal the reference bit for bit."""
+    base = RNG.random((1, 30, 30), dtype=np.float32)
+    proba = np.concatenate([base, np.nextafter(base, np.float32(2)), base], axis=0)
+    np.testing.assert_array_equal(upsample_bilinear_argmax(proba, 3),
+                                  _argmax_of_upsampled(proba, 3))
+
+
+@pytest.mark.parametrize("chunks", [(1, 5, 7, 9), (2, 3, 30, 4), (1, 2, 1, 17)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_argmax_dask_equals_whole_array(chunks, weighted):
+    proba = RNG.random((2, 4, 30, 34), dtype=np.float32)
+    proba[1, :, 10:14, 20:26] = np.nan
+    stacked = _weighted(proba) if weighted else proba
+    lazy = upsample_bilinear_argmax_dask(da.from_array(stacked, chunks=chunks), 3,
+                                         out_shape=(88, 100), weighted=weighted)
+    whole = upsample_bilinear_argmax(stacked, 3, out_shape=(88, 100), weighted=weighted)
+    assert lazy.shape == whole.shape == (2, 88, 100) and lazy.dtype == np.uint8
+    assert lazy.chunks[0] == da.from_array(stacked, chunks=chunks).chunks[0]
+    np.testing.assert_array_equal(lazy.compute(), whole)
+
+
+@pytest.mark.parametrize("shape, weighted", [((5, 5), False), ((1, 5, 5), True),
+                                             ((256, 4, 4), False)])
+def test_argmax_refuses_what_has_no_class_channels(shape, weighted):
+    with pytest.raises(ValueError, match="class channels"):
+        upsample_bilinear_argmax(np.zeros(shape, np.float32), 2, weighted=weighted)
+    if len(shape) >= 3:
+        with pytest.raises(ValueError, match="class channels"):
+            upsample_bilinear_argmax_dask(da.zeros(shape, np.float32), 2, weighted=weighted)
+

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Hashable, Mapping
+from functools import partial
 from typing import Any
 
 import dask.array as da
@@ -41,14 +42,15 @@ from ..data.bands import match_bands
 from ..data.inputs import spatial_dims
 from ..data.levels import read_coarser
 from ..data.load import recipe_of
-from ..models.protocol import ModelInfo
+from ..models.protocol import ModelInfo, classifies_by_argmax
 from ..models.registry import get
 from .attributes import MASK_VARIABLE, mask_attrs, probability_attrs
 from .blocks import classes_of
 from .cache import ModelSpec, get_model
 from .device import resolve_device
 
-__all__ = ["AGREEMENT_THRESHOLD", "DEFAULT_READ_RESOLUTION", "MEASURED_AGREEMENT",
+__all__ = ["AGREEMENT_THRESHOLD", "DEFAULT_READ_RESOLUTION", "FINE_CLASSES_LAYER",
+           "MEASURED_AGREEMENT",
            "READ_RESOLUTIONS", "model_grid_factor", "predict_at_model_resolution",
            "read_at_model_resolution_applies"]
 
@@ -84,6 +86,10 @@ DEFAULT_READ_RESOLUTION: Mapping[str, str] = {
 }
 """Models that read at their own resolution by default; every other model reads at the
 data's (``"data"``)."""
+
+FINE_CLASSES_LAYER = "model-grid-classes"
+"""The graph layer (name prefix) that classes the model grid's probabilities on the data's
+grid."""
 
 _PASSED_ON = ("weights", "device", "runtime", "batch_size", "boundary", "tile_size",
               "tile_overlap", "tile_anchor", "tile_blend", "invalid", "bands", "strict")
@@ -241,12 +247,15 @@ def predict_at_model_resolution(data: xr.Dataset, *, model: str = "ukis-6b-l1c",
     # resolution=: the model's own, so that it runs on the coarse pixels as they are (zoom 1)
     proba = predict(coarse, model=model, output="proba", resolution=info.resolution,
                     halo=None if halo is None else math.ceil(halo / factor), **passed)
-    fine = _upsampled(proba, factor, data[names[0]])
     spec = ModelSpec.create(model, weights=options.get("weights"),
                             device=resolve_device(options.get("device", "auto")),
                             runtime=options.get("runtime", "auto"),
                             bands=None if bands is None else tuple(bands))
-    values = fine if output == "proba" else _classified(fine, spec, info)
+    if output == "class" and _context(info) == 0:
+        values = _fine_classes(proba, factor, data[names[0]], spec)
+    else:
+        fine = _upsampled(proba, factor, data[names[0]])
+        values = fine if output == "proba" else _classified(fine, spec, info)
     return _wrapped(values, data[names[0]], proba, info, output=output,
                     resolution=factor * abs(float(_pixel(data[names[0]]))))
 
@@ -257,23 +266,66 @@ def _pixel(variable: xr.DataArray) -> float:
     return float(x[1] - x[0]) if x.size > 1 else float("nan")
 
 
+def _context(info: ModelInfo) -> int:
+    """Model pixels of context a pixel model's ``classify`` looks at (s2cloudless dilates);
+    0 for tile models."""
+    return int(info.context) if info.tile_size is None else 0
+
+
+def _weighted_stack(proba: xr.DataArray) -> da.Array:
+    """(time, class + 1, y, x) float32: probabilities, 0 where the model's grid has no data,
+    and a last channel 1.0 where it has data, 0.0 where not (the bilinear weights' share)."""
+    coarse = proba.data if proba.ndim == 4 else proba.data[None]
+    valid = da.isfinite(coarse).all(axis=1, keepdims=True)
+    stacked = da.concatenate([da.where(valid, coarse, 0.0), valid.astype(np.float32)], axis=1)
+    return stacked.astype(np.float32).rechunk({1: -1})
+
+
+def _fine_shape(like: xr.DataArray) -> tuple[int, int]:
+    ydim, xdim = spatial_dims(like)
+    return like.sizes[ydim], like.sizes[xdim]
+
+
 def _upsampled(proba: xr.DataArray, factor: int, like: xr.DataArray) -> da.Array:
     """(time, class, y, x) probabilities on ``like``'s grid: bilinear, weights renormalised
     over the model pixels with data; NaN in the fine pixels of model pixels without data."""
     from ..data.resample import resample_dask  # numba loads when resampling is used
 
-    coarse = proba.data if proba.ndim == 4 else proba.data[None]
-    valid = da.isfinite(coarse).all(axis=1, keepdims=True)
-    stacked = da.concatenate([da.where(valid, coarse, 0.0), valid.astype(np.float32)],
-                             axis=1).rechunk({1: -1})
-    ydim, xdim = spatial_dims(like)
-    shape = (like.sizes[ydim], like.sizes[xdim])
-    smooth = resample_dask(stacked.astype(np.float32), factor, method="bilinear",
-                           out_shape=shape)
-    covered = resample_dask(valid.astype(np.uint8), factor, method="nearest", out_shape=shape)
+    stacked = _weighted_stack(proba)
+    shape = _fine_shape(like)
+    smooth = resample_dask(stacked, factor, method="bilinear", out_shape=shape)
+    covered = resample_dask(stacked[:, -1:] > 0, factor, method="nearest", out_shape=shape)
     covered = covered.rechunk((*smooth.chunks[:1], (1,), *smooth.chunks[2:]))
     return da.map_blocks(_normalised, smooth, covered, dtype=np.float32,
-                         chunks=(smooth.chunks[0], (coarse.shape[1],), *smooth.chunks[2:]))
+                         chunks=(smooth.chunks[0], (stacked.shape[1] - 1,),
+                                 *smooth.chunks[2:]))
+
+
+def _fine_classes(proba: xr.DataArray, factor: int, like: xr.DataArray,
+                  spec: ModelSpec) -> da.Array:
+    """Classes (time, y, x) on ``like``'s grid of :func:`_upsampled`'s probabilities, as
+    :func:`_classified` gives them, in one task per chunk that keeps no fine probabilities
+    (for models that classify by argmax: :func:`_classes_block`)."""
+    from ..data.resample import map_upsampled
+
+    return map_upsampled(partial(_classes_block, spec=spec), _weighted_stack(proba), factor,
+                         halo=1, dtype=np.uint8, out_shape=_fine_shape(like),
+                         drops_channels=True, name=FINE_CLASSES_LAYER)
+
+
+def _classes_block(stacked: np.ndarray, factor: int, *, spec: ModelSpec) -> np.ndarray:
+    """One block of :func:`_fine_classes` from its weighted model-grid stack (with halo)."""
+    from ..data.resample import upsample_bilinear, upsample_bilinear_argmax, upsample_nearest
+
+    model = get_model(spec)
+    if not classifies_by_argmax(model):
+        smooth = upsample_bilinear(stacked, factor)
+        covered = upsample_nearest(stacked[:, -1:] > 0, factor)
+        return _classify_block(_normalised(smooth, covered), spec)
+    scheme = model.info.scheme
+    values = np.full(256, scheme.nodata.value, np.uint8)  # NO_CLASS (255) -> no data
+    values[:len(scheme.values)] = scheme.values
+    return values[upsample_bilinear_argmax(stacked, factor, weighted=True)]
 
 
 def _normalised(smooth: np.ndarray, covered: np.ndarray) -> np.ndarray:
@@ -289,7 +341,7 @@ def _classified(fine: da.Array, spec: ModelSpec, info: ModelInfo) -> da.Array:
     not finite."""
     from dask.array.overlap import overlap, trim_internal
 
-    depth = int(info.context) if info.tile_size is None else 0
+    depth = _context(info)
     haloed = overlap(fine, depth={2: depth, 3: depth}, boundary="none") if depth else fine
     classes = da.map_blocks(_classify_block, haloed, spec, dtype=np.uint8, drop_axis=1,
                             meta=np.empty((0, 0, 0), np.uint8))

@@ -10,7 +10,7 @@ import numpy as np
 from ..data.bands import Band, band
 from .classes import ClassScheme
 
-__all__ = ["BaseCloudModel", "CloudModel", "ModelInfo", "Normalization"]
+__all__ = ["BaseCloudModel", "CloudModel", "ModelInfo", "Normalization", "classifies_by_argmax"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,13 @@ class BaseCloudModel:
         """Most probable channel per pixel."""
         return np.argmax(proba, axis=0).astype(np.uint8)
 
+
+def classifies_by_argmax(model: object) -> bool:
+    """Whether ``model`` classifies as :class:`BaseCloudModel` does: the most probable
+    channel, the first of equal ones (``numpy.argmax``), pixel by pixel.
+
+    The engine then classifies upsampled probabilities without storing them
+    (:func:`xcloud.data.resample.upsample_bilinear_argmax`); a model with its own ``classify``
+    (a threshold, a dilation) is given the probabilities.
+    """
+    return getattr(type(model), "classify", None) is BaseCloudModel.classify
