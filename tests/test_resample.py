@@ -330,7 +330,7 @@ from xcloud.data import resample
 from xcloud.synthetic import synthetic_scene
 warnings.simplefilter("ignore")
 xcloud.predict(synthetic_scene(96), model="ukis-6b-l1c")  # a 30 m model on 10 m data
-kernels = [resample._block_sums_kernel, resample._polyphase_kernel]
+kernels = [resample._block_sums_kernel, resample._bilinear_argmax_kernel]
 print(json.dumps([[len(k.stats.cache_hits), len(k.stats.cache_misses)] for k in kernels]))
 """
 

@@ -930,6 +930,8 @@ _COMMON_SIGNATURES = (  # what predict's chunks call off the model's grid: float
     (_block_sums_kernel, (_IMAGES, numba.int64, numba.int64, numba.int64, _SUMS)),
     (_block_sums_kernel, (numba.bool_[:, :, ::1], numba.int64, numba.int64, numba.int64, _SUMS)),
     (_polyphase_kernel, (_IMAGES, numba.float64[:, ::1], numba.int64[::1], _IMAGES)),
+    (_bilinear_argmax_kernel, (numba.float32[:, :, ::1], numba.float64[:, ::1],
+                               numba.int64[::1], numba.bool_, numba.uint8[:, ::1])),
 )
 
 

@@ -15,15 +15,16 @@ from typing import cast
 import numpy as np
 
 from ..models.classes import ClassScheme
-from ..models.protocol import CloudModel, ModelInfo
+from ..models.protocol import CloudModel, ModelInfo, classifies_by_argmax
 from .cache import ModelSpec, get_model
-from .checks import check_input, invalid_pixels, nonfinite_pixels
+from .checks import check_input, count_nonfinite, invalid_pixels, nonfinite_pixels
 from .device import limit_torch_threads, threads_per_task
 from .geometry import ChunkGrid, Window, to_model, whole_factor
 from .tiling import TileLattice
 
 __all__ = ["BlockTask", "classes_of", "empty_output", "finish_block", "loaded_model",
-           "normalized_block", "predict_block", "upsample_core"]
+           "normalized_block", "predict_block", "scheme_classes", "upsample_core",
+           "upsampled_output"]
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,14 @@ def _predict_image(image: np.ndarray, task: BlockTask, origin: tuple[int, int],
     if normalized is None:  # no data at all: the model is not run
         return output
     model = loaded_model(task)
+    shape = image.shape[-2:]
     if task.tiles is None:  # pixel models: classify the whole block, so that spatial
-        proba = _model_probabilities(model, normalized, task, origin, None)  # post-processing
-        return finish_block(proba, empty, task, inside)  # sees the halo (the trim removes it)
+        proba = upsample_core(_model_probabilities(model, normalized, task, origin, None),
+                              None, task.grid.zoom, shape)  # post-processing sees the halo
+        return finish_block(proba, empty, task, inside)  # (the trim removes it)
     proba = _model_probabilities(model, normalized, task, origin, core)
-    output[(slice(None), *inside)] = finish_block(proba, empty[inside], task)
+    output[(slice(None), *inside)] = upsampled_output(proba, core, task.grid.zoom, shape,
+                                                      empty[inside], task)
     return output
 
 
@@ -94,7 +98,9 @@ def _core_slices(core: Window | None, shape: tuple[int, int]) -> tuple[slice, sl
 
 def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
                          origin: tuple[int, int], core: Window | None) -> np.ndarray:
-    """Probabilities (classes, core rows, core columns) of the chunk's core.
+    """Probabilities (classes, rows, columns) on the model grid, of the chunk's core and
+    the model pixels around it that :func:`upsample_core` needs (of the whole block without
+    ``core``).
 
     The block is resampled as a whole: its size and origin on the model grid are rounded to
     the nearest model pixel.
@@ -110,7 +116,7 @@ def _model_probabilities(model: CloudModel, image: np.ndarray, task: BlockTask,
             origin=(round(origin[0] * zoom), round(origin[1] * zoom)),
             region=None if core is None else _model_region(core, zoom),
             scene=task.grid.model_shape)
-    return upsample_core(proba, core, zoom, (height, width))
+    return proba
 
 
 def _model_region(core: Window, zoom: float) -> Window:
@@ -120,19 +126,68 @@ def _model_region(core: Window, zoom: float) -> Window:
 
 
 def upsample_core(proba: np.ndarray, core: Window | None, zoom: float,
-                  shape: tuple[int, int]) -> np.ndarray:
-    """Probabilities on the input grid, for the chunk's core only when the zoom allows it."""
+                  shape: tuple[int, int], *, classes: bool = False) -> np.ndarray:
+    """Probabilities on the input grid, for the chunk's core only when the zoom allows it;
+    with ``classes``, the index of the most probable channel instead (rows, columns) uint8,
+    :data:`~xcloud.data.resample.NO_CLASS` where not finite, without the probabilities on
+    the input grid ever being stored."""
+    resize = _argmax_resized if classes else _resize
     crops = None if core is None else _model_crops(core, proba.shape[-2:], zoom)
     if core is None or crops is None:
-        full = _resize(proba, shape)
-        return full[(slice(None), *_core_slices(core, shape))]
+        full = resize(proba, shape)
+        return full[(Ellipsis, *_core_slices(core, shape))]
     factor = cast(int, whole_factor(zoom))
-    window = _resize(proba[(slice(None), *crops)],
-                     (factor * (crops[0].stop - crops[0].start),
-                      factor * (crops[1].stop - crops[1].start)))
+    window = resize(proba[(slice(None), *crops)],
+                    (factor * (crops[0].stop - crops[0].start),
+                     factor * (crops[1].stop - crops[1].start)))
     rows, cols = (slice(start - crop.start * factor, stop - crop.start * factor)
                   for crop, (start, stop) in zip(crops, core, strict=True))
-    return window[:, rows, cols]
+    return window[..., rows, cols]
+
+
+def upsampled_output(proba: np.ndarray, core: Window | None, zoom: float,
+                     shape: tuple[int, int], core_empty: np.ndarray,
+                     task: BlockTask) -> np.ndarray:
+    """``finish_block(upsample_core(proba, core, zoom, shape), core_empty, task)``; classes
+    of a model that classifies by argmax are made in one pass from the model grid's
+    probabilities (the same classes: :func:`~xcloud.data.resample.upsample_bilinear_argmax`)."""
+    model = loaded_model(task)
+    if task.output != "class" or not classifies_by_argmax(model):
+        return finish_block(upsample_core(proba, core, zoom, shape), core_empty, task)
+    from ..data.resample import NO_CLASS
+
+    index = upsample_core(proba, core, zoom, shape, classes=True)
+    broken = count_nonfinite(index == NO_CLASS, core_empty, strict=task.strict,
+                             token=task.token)
+    classes = scheme_classes(index, task.info.scheme)
+    classes[core_empty | broken] = task.info.scheme.nodata.value
+    return classes[None]
+
+
+def scheme_classes(index: np.ndarray, scheme: ClassScheme) -> np.ndarray:
+    """The scheme's class values (uint8) of channel indices, its no-data value for
+    :data:`~xcloud.data.resample.NO_CLASS`."""
+    from ..data.resample import NO_CLASS
+
+    values = np.full(NO_CLASS + 1, scheme.nodata.value, np.uint8)
+    values[:len(scheme.values)] = scheme.values
+    return values[index]
+
+
+def _argmax_resized(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``argmax`` over channels of :func:`_resize`'s result (NO_CLASS where not finite);
+    whole upsampling factors in one pass."""
+    from ..data.resample import NO_CLASS, upsample_bilinear_argmax
+
+    height, width = array.shape[-2:]
+    up = shape[0] // height
+    if up >= 1 and (height * up, width * up) == tuple(shape):
+        return upsample_bilinear_argmax(array, up)
+    resized = _resize(array, shape)
+    broken = ~np.isfinite(resized).all(axis=0)
+    index = np.argmax(np.where(broken, 0.0, resized), axis=0).astype(np.uint8)
+    index[broken] = NO_CLASS
+    return index
 
 
 def _model_crops(core: Window, size: tuple[int, ...], zoom: float

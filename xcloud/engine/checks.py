@@ -50,6 +50,7 @@ __all__ = [
     "MIN_REFLECTANCE",
     "NONFINITE_SHARE",
     "check_input",
+    "count_nonfinite",
     "invalid_pixels",
     "nonfinite_pixels",
     "reflectance_bands",
@@ -181,7 +182,14 @@ def nonfinite_pixels(proba: np.ndarray, empty: np.ndarray, *, strict: bool, toke
     finite: no data, counted (inside ``region``, the chunk's own pixels) for ``token`` and
     reported; with ``strict`` a chunk where they are more than :data:`NONFINITE_SHARE` of the
     valid pixels raises :class:`~xcloud.errors.ModelOutputError`."""
-    bad = ~np.isfinite(proba).all(axis=0) & ~empty
+    return count_nonfinite(~np.isfinite(proba).all(axis=0), empty, strict=strict, token=token,
+                           region=region)
+
+
+def count_nonfinite(nonfinite: np.ndarray, empty: np.ndarray, *, strict: bool,
+                    token: str = "", region: tuple[slice, slice] | None = None) -> np.ndarray:
+    """:func:`nonfinite_pixels` given where the probabilities are not finite (y, x)."""
+    bad = nonfinite & ~empty
     inside = (slice(None), slice(None)) if region is None else region
     count = int(np.count_nonzero(bad[inside]))
     if not count:

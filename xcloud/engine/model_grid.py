@@ -45,7 +45,7 @@ from ..data.load import recipe_of
 from ..models.protocol import ModelInfo, classifies_by_argmax
 from ..models.registry import get
 from .attributes import MASK_VARIABLE, mask_attrs, probability_attrs
-from .blocks import classes_of
+from .blocks import classes_of, scheme_classes
 from .cache import ModelSpec, get_model
 from .device import resolve_device
 
@@ -322,10 +322,8 @@ def _classes_block(stacked: np.ndarray, factor: int, *, spec: ModelSpec) -> np.n
         smooth = upsample_bilinear(stacked, factor)
         covered = upsample_nearest(stacked[:, -1:] > 0, factor)
         return _classify_block(_normalised(smooth, covered), spec)
-    scheme = model.info.scheme
-    values = np.full(256, scheme.nodata.value, np.uint8)  # NO_CLASS (255) -> no data
-    values[:len(scheme.values)] = scheme.values
-    return values[upsample_bilinear_argmax(stacked, factor, weighted=True)]
+    return scheme_classes(upsample_bilinear_argmax(stacked, factor, weighted=True),
+                          model.info.scheme)
 
 
 def _normalised(smooth: np.ndarray, covered: np.ndarray) -> np.ndarray:

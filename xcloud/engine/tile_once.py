@@ -39,7 +39,7 @@ from .blocks import (
     finish_block,
     loaded_model,
     normalized_block,
-    upsample_core,
+    upsampled_output,
 )
 from .geometry import (
     ChunkAxis,
@@ -175,8 +175,9 @@ def combine(task: BlockTask, row: int, column: int, empty: np.ndarray,
     proba = blended(total, weight)
     factor = _whole(task.grid.zoom)
     if factor > 1:
-        proba = upsample_core(proba, task.grid.core_in(row, column, origin), task.grid.zoom,
-                              (shape[0] * factor, shape[1] * factor))
+        return _output_block(upsampled_output(
+            proba, task.grid.core_in(row, column, origin), task.grid.zoom,
+            (shape[0] * factor, shape[1] * factor), empty, task), task)
     return _output_block(finish_block(proba, empty, task), task)
 
 
