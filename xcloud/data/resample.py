@@ -139,7 +139,7 @@ finite, or no weight)."""
 
 
 @_inline
-def _best_channel(line: np.ndarray, x: int, classes: int, weight: float) -> int:
+def _best_channel(line: np.ndarray, x: int, classes: int, weight: np.float32) -> int:
     """Index of the largest ``line[k, x] / weight`` over ``k < classes`` (the first of equal
     ones, as ``numpy.argmax``; each quotient rounded to float32 as numpy's division is);
     :data:`NO_CLASS` where one is not finite."""
