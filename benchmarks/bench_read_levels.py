@@ -232,6 +232,54 @@ def run_decode(folder: str, chunk: int, setup: str) -> dict[str, Any]:
     return {**meter.as_dict(), "cpu": cpu}
 
 
+def run_decode_levels(folder: str) -> dict[str, Any]:
+    """CPU seconds to decode each of ukis' band files whole, at full resolution and at each
+    GDAL overview (JPEG 2000 resolution level), one GDAL thread; and which level
+    :func:`xcloud.data.levels.choose_levels` serves the model's grid from."""
+    import rasterio
+
+    import xcloud
+    from xcloud.data.levels import choose_levels
+    from xcloud.data.load import recipe_of
+
+    info = xcloud.models.get(UKIS).info
+    data = _scene(folder, UKIS, FULL_CHUNK)
+    factor = round(info.resolution / abs(float(data.x[1] - data.x[0])))
+    chosen = choose_levels(recipe_of(data, list(info.bands)), factor, list(info.bands))
+    rows: dict[str, Any] = {}
+    with rasterio.Env(GDAL_NUM_THREADS=1):
+        for band in info.bands:
+            path = next(Path(folder).glob(f"*_{band}.jp2"))
+            seconds = []
+            for level in (None, 0, 1):
+                options = {} if level is None else {"overview_level": level}
+                with rasterio.open(path, **options) as source:
+                    start = time.process_time()
+                    source.read(1)
+                    seconds.append(time.process_time() - start)
+            rows[band] = {"seconds": seconds, "chosen": chosen[band].index}
+    return {"bands": rows}
+
+
+def decode_table(folder: Path, network: float | None) -> None:
+    """Table 1b: what decoding costs at each level, and the floor it puts under the path."""
+    result = _common.run_child(Path(__file__), "run_decode_levels", folder=str(folder))
+    levels = ["full", "overview 0", "overview 1"]
+    rows, floor = [], 0.0
+    for band, row in result["bands"].items():
+        chosen = 0 if row["chosen"] is None else row["chosen"] + 1
+        floor += row["seconds"][chosen]
+        rows.append([band, *(f"{s:.2f}" for s in row["seconds"]), levels[chosen]])
+    rows.append(["sum at the serving levels", "", "", "", f"{floor:.1f} CPU s"])
+    title = ("Decoding ukis' bands (JPEG 2000, whole files, one GDAL thread): CPU s per "
+             "level; the serving level is what the model's grid is read from")
+    if network is not None:
+        title += (f"; with the network's {network:.1f} CPU s, its share is at most "
+                  f"{100 * network / (network + floor):.0f} % of the CPU")
+    _common.print_table(["band", "full", "overview 0", "overview 1", "serving level"], rows,
+                        title=title)
+
+
 # -- the tables -------------------------------------------------------------------------------
 
 
@@ -255,8 +303,10 @@ SPLIT_HEADERS = ["path", "wall s", "CPU s", "read + decode CPU s (read-only run)
                  "rest CPU s", "wall vs before", "agreement", _common.NOISE_HEADER]
 
 
-def masks_table(args: argparse.Namespace, encoding: str, folder: Path, tmp: Path) -> None:
-    """Tables 1-3 for one encoding: ukis before/after, s2cloudless at 10 m and 160 m."""
+def masks_table(args: argparse.Namespace, encoding: str, folder: Path,
+                tmp: Path) -> float:
+    """Tables 1-3 for one encoding: ukis before/after, s2cloudless at 10 m and 160 m; returns
+    the network's CPU seconds on the after path."""
     script = Path(__file__)
     runs = {}
     resolution = f"{S2CLOUDLESS_RESOLUTION:g}"
@@ -284,8 +334,9 @@ def masks_table(args: argparse.Namespace, encoding: str, folder: Path, tmp: Path
                                f"{100 * _agreement(out, before_out):.2f} %"))
     _common.print_table(SPLIT_HEADERS, rows, title=f"ukis-6b-l1c, {args.size}² tile, {name}: "
                         "target after <= 0.5x before, network >= 75 % of CPU")
+    network = float(runs[UKIS, "model"][0]["network"])
     if args.skip_s2cloudless:
-        return
+        return network
     before, before_out = runs[S2CLOUDLESS, "data"]
     full = runs.get((S2CLOUDLESS, f"{resolution}-full"))
     rows = [_split_row("before: 10 m (registry resolution)", before, None, "-")]
@@ -300,6 +351,7 @@ def masks_table(args: argparse.Namespace, encoding: str, folder: Path, tmp: Path
         rows.append(_split_row(label, result, before, agreement))
     _common.print_table(SPLIT_HEADERS, rows, title=f"s2cloudless, {args.size}² tile, {name}: "
                         "target after <= 0.2x before")
+    return network
 
 
 def scaling_table(args: argparse.Namespace, folder: Path) -> None:
@@ -335,7 +387,8 @@ def scaling_table(args: argparse.Namespace, folder: Path) -> None:
                         f"JPEG 2000, {args.size}²")
 
 
-CHILD_CALLS = {"run_mask": run_mask, "run_scaling": run_scaling, "run_decode": run_decode}
+CHILD_CALLS = {"run_mask": run_mask, "run_scaling": run_scaling, "run_decode": run_decode,
+               "run_decode_levels": run_decode_levels}
 """What a child process started by :func:`_common.run_child` may be asked to run."""
 
 
@@ -371,7 +424,9 @@ def main() -> None:
             tiles[encoding] = encoded_scene(args.size, encoding,
                                             work / f"{encoding}-{args.size}")
         for encoding, folder in tiles.items():
-            masks_table(args, encoding, folder, Path(scratch))
+            network = masks_table(args, encoding, folder, Path(scratch))
+            if encoding == "jp2":
+                decode_table(folder, network)
         if not args.skip_scaling:
             scaling_table(args, tiles["jp2"])
 
