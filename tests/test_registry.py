@@ -1,5 +1,6 @@
 """The model registry and its entry-point group."""
 
+import inspect
 import sys
 import textwrap
 
@@ -216,3 +217,30 @@ def test_masks_say_whether_the_weights_are_the_published_ones(tmp_path, scene):
     user = scene.cloudmask.predict(model="kappamask-l1c", weights=fixture, tile_size=192,
                                    tile_overlap=0)
     assert user.attrs["xcloud:weights_origin"] == "user"
+
+
+@pytest.mark.parametrize(("model", "why"), [("ukis-6b-l1c", "ONNX graph runs as shipped"),
+                                            ("s2cloudless", "LightGBM")])
+def test_models_without_torch_run_in_float32_only(model, why):
+    entry = xcloud.models.get(model)
+    entry.check_precision("float32", device="cpu")
+    with pytest.raises(ValueError, match=rf"precision='bfloat16': model '{model}' runs in "
+                       rf"float32 only \(.*{why}"):
+        xcloud.models.load(model, precision="bfloat16")
+    with pytest.raises(ValueError, match=r"precision must be one of"):
+        entry.check_precision("half", device="cpu")
+
+
+def test_torch_models_offer_every_precision_and_float16_on_cuda_only():
+    torch_models = [name for name in xcloud.models.list_models()
+                    if name.startswith(("kappamask", "cloudsen12", "sensei", "dl-l8s2-uv"))]
+    assert {name.split("-")[0] for name in torch_models} == {"kappamask", "cloudsen12",
+                                                            "sensei", "dl"}
+    for name in torch_models:
+        entry = xcloud.models.get(name)
+        assert entry.precisions == registry.PRECISIONS, name
+        assert "precision" in inspect.signature(entry.loader).parameters, name
+    entry = xcloud.models.get("kappamask-l1c")
+    entry.check_precision("float16", device="cuda:1")
+    with pytest.raises(ValueError, match=r"precision='float16' needs a CUDA device"):
+        entry.check_precision("float16", device="cpu")

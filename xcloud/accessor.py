@@ -49,6 +49,7 @@ class CloudMaskBase:
         output: str = "class",
         device: str = "auto",
         runtime: str = "auto",
+        precision: str = "float32",
         batch_size: int = 4,
         halo: int | None = None,
         boundary: str = "reflect",
@@ -70,9 +71,9 @@ class CloudMaskBase:
 
         Parameters
         ----------
-        model, weights, output, device, runtime, batch_size, halo, boundary, tile_size, \
-tile_overlap, tile_anchor, tile_blend, nodata, invalid, resolution, read_resolution, \
-scale, offset, chunk_size, bands, strict
+        model, weights, output, device, runtime, precision, batch_size, halo, boundary, \
+tile_size, tile_overlap, tile_anchor, tile_blend, nodata, invalid, resolution, \
+read_resolution, scale, offset, chunk_size, bands, strict
             As for :func:`xcloud.predict`.
 
         Returns
@@ -84,8 +85,9 @@ scale, offset, chunk_size, bands, strict
 
         return predict(
             self._obj, model=model, weights=weights, output=output, device=device,
-            runtime=runtime, batch_size=batch_size, halo=halo, boundary=boundary,
-            tile_size=tile_size, tile_overlap=tile_overlap, tile_anchor=tile_anchor,
+            runtime=runtime, precision=precision, batch_size=batch_size, halo=halo,
+            boundary=boundary, tile_size=tile_size, tile_overlap=tile_overlap,
+            tile_anchor=tile_anchor,
             tile_blend=tile_blend, nodata=nodata, invalid=invalid, resolution=resolution,
             read_resolution=read_resolution, scale=scale, offset=offset, chunk_size=chunk_size,
             bands=bands, strict=strict,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .data.load import DEFAULT_CHUNK
+from .models.registry import PRECISIONS
 
 __all__ = ["main", "parse_options"]
 
@@ -232,7 +233,8 @@ def _job_options(args: argparse.Namespace) -> dict:
     get(args.model)  # a typo in --model is told before any search or cluster
     options = {
         "model": args.model, "weights": args.weights, "resolution": args.resolution,
-        "chunk_size": args.chunk, "device": args.device, "resampling": args.resampling,
+        "chunk_size": args.chunk, "device": args.device, "precision": args.precision,
+        "resampling": args.resampling,
         "read_resolution": args.read_resolution,
         "multiscales": tuple(args.multiscales or ()), "progress": not args.quiet,
         "gdal": parse_options(args.gdal_option, flag="--gdal-option") or None,
@@ -343,6 +345,9 @@ def _add_job_options(parser: argparse.ArgumentParser, *, chunk: int) -> None:
                        "anon=true (repeatable)")
     model.add_argument("--device", default="auto",
                        help="cpu, cuda or auto (default %(default)s: cuda when torch sees a GPU)")
+    model.add_argument("--precision", default="float32", choices=PRECISIONS,
+                       help="arithmetic of the network (default %(default)s); torch models "
+                       "also run bfloat16, and float16 on CUDA")
     grid = parser.add_argument_group("output grid")
     grid.add_argument("--resolution", type=float, default=10.0, metavar="M",
                       help="output pixel size in metres (default %(default)g)")

@@ -63,6 +63,7 @@ def mask_items(
     crs: str | int | None = None,
     resampling: str = "bilinear",
     device: str = "auto",
+    precision: str = "float32",
     invalid: str = "nodata",
     multiscales: Sequence[int] = (),
     progress: bool = False,
@@ -95,7 +96,7 @@ def mask_items(
         running the model fetches once into its own cache, hash-checked.
     resolution, chunk_size, bbox, crs, resampling
         The output grid, as in :func:`xcloud.load`.
-    device, invalid
+    device, precision, invalid
         As in :func:`xcloud.predict`.
     multiscales, progress
         As in :func:`xcloud.outputs.to_zarr`.
@@ -139,7 +140,8 @@ def mask_items(
     data = load(items, bands=list(info.bands), resolution=resolution, chunks=chunk_size,
                 bbox=bbox, crs=crs, resampling=resampling, gdal=gdal, aws=aws,
                 read_retries=read_retries, strict=strict)
-    options: dict[str, Any] = {"model": model, "device": device, "invalid": invalid,
+    options: dict[str, Any] = {"model": model, "device": device, "precision": precision,
+                               "invalid": invalid,
                                "weights": None if weights is None else os.fspath(weights)}
     mask = predict(data, read_resolution=read_resolution, **options)
     options = dict(storage_options or {})

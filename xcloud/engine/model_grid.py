@@ -91,7 +91,7 @@ FINE_CLASSES_LAYER = "model-grid-classes"
 """The graph layer (name prefix) that classes the model grid's probabilities on the data's
 grid."""
 
-_PASSED_ON = ("weights", "device", "runtime", "batch_size", "boundary", "tile_size",
+_PASSED_ON = ("weights", "device", "runtime", "precision", "batch_size", "boundary", "tile_size",
               "tile_overlap", "tile_anchor", "tile_blend", "invalid", "bands", "strict")
 _NOT_WITH = ("resolution", "scale", "offset", "nodata")  # only for data load did not make
 
@@ -250,7 +250,8 @@ def predict_at_model_resolution(data: xr.Dataset, *, model: str = "ukis-6b-l1c",
     spec = ModelSpec.create(model, weights=options.get("weights"),
                             device=resolve_device(options.get("device", "auto")),
                             runtime=options.get("runtime", "auto"),
-                            bands=None if bands is None else tuple(bands))
+                            bands=None if bands is None else tuple(bands),
+                            precision=options.get("precision", "float32"))
     if output == "class" and _context(info) == 0:
         values = _fine_classes(proba, factor, data[names[0]], spec)
     else:

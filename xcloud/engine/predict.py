@@ -169,6 +169,7 @@ def predict(
     output: str = "class",
     device: str = "auto",
     runtime: str = "auto",
+    precision: str = "float32",
     batch_size: int = 4,
     halo: int | None = None,
     boundary: str = "reflect",
@@ -203,6 +204,12 @@ def predict(
     device, runtime
         ``"auto"`` uses CUDA when present; runtime ``"torch"`` or ``"onnxruntime"`` where the
         model offers both.
+    precision
+        Arithmetic of the network's forward: ``"float32"`` (default, every model),
+        ``"bfloat16"`` (torch models: KappaMask, CloudSEN12, SEnSeI-v2, DL-L8S2-UV; CPU or
+        CUDA) or ``"float16"`` (torch models on CUDA only), run under :func:`torch.autocast`;
+        the probabilities are float32 either way. The ukis and s2cloudless models run in
+        float32 only (see :data:`xcloud.models.registry.PRECISIONS`).
     batch_size
         Tiles per model call.
     halo, boundary
@@ -261,13 +268,14 @@ def predict(
         CF flag attributes included. Pixels with no data get the scheme's no-data class.
     """
     _check_choices(output=output, boundary=boundary, tile_blend=tile_blend, invalid=invalid)
+    get(model).check_precision(precision, device=resolve_device(device))
     if read_at_model_resolution_applies(data, model=model, read_resolution=read_resolution,
                                         bands=bands, resolution=resolution, scale=scale,
                                         offset=offset, nodata=nodata):
         return predict_at_model_resolution(  # it applies to Datasets only
             cast(xr.Dataset, data), model=model, read_resolution=read_resolution,
-            weights=weights, output=output,
-            device=device, runtime=runtime, batch_size=batch_size, halo=halo,
+            weights=weights, output=output, device=device, runtime=runtime,
+            precision=precision, batch_size=batch_size, halo=halo,
             boundary=boundary, tile_size=tile_size, tile_overlap=tile_overlap,
             tile_anchor=tile_anchor, tile_blend=tile_blend, invalid=invalid, bands=bands,
             strict=strict)
@@ -286,7 +294,7 @@ def predict(
                                        boundary=boundary, chunk_size=chunk_size)
     task = BlockTask(
         spec=ModelSpec.create(model, weights=weights, device=resolve_device(device),
-                              runtime=runtime, bands=chosen),
+                              runtime=runtime, bands=chosen, precision=precision),
         info=info, grid=grid, tiles=tiles, output=output, batch_size=batch_size,
         nodata=_nodata_reflectance(nodata, scale=scale, offset=offset), invalid=invalid,
         shared=shared, strict=strict, token=uuid.uuid4().hex,

@@ -64,7 +64,7 @@ from ._checkpoint import load_state, load_weights_only, read_checkpoint
 from .classes import CLOUDSEN12_SCHEME
 from .fetch import resolve_weights
 from .protocol import ModelInfo, Normalization
-from .registry import ModelEntry, register
+from .registry import PRECISIONS, ModelEntry, register
 from .torch_model import TorchCloudModel
 from .torchscript_archive import is_torchscript_archive, read_torchscript_tensors
 from .unet_mobilenet import UnetMobileNetV2, UnetMobileNetV2Config
@@ -224,8 +224,8 @@ class CloudSEN12Model(TorchCloudModel):
     input reflect-padded to a multiple of 32 and the output cropped back (``CDModel.predict``)."""
 
     def __init__(self, network: UnetMobileNetV2, info: ModelInfo, *,
-                 device: str = "cpu") -> None:
-        super().__init__(network, info, device=device)
+                 device: str = "cpu", precision: str = "float32") -> None:
+        super().__init__(network, info, device=device, precision=precision)
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         """The batch reflect-padded to multiples of 32 (:func:`pad_to_multiple`)."""
@@ -242,7 +242,9 @@ class CloudSEN12Model(TorchCloudModel):
         batch = np.asarray(batch, dtype=np.float32)
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(self.prepare(batch)))
-            logits = self.forward(tensor.to(self.device)).float().cpu().numpy()
+            with self.autocast():
+                raw = self.forward(tensor.to(self.device))
+            logits = raw.float().cpu().numpy()
         return self.finish(logits, batch)
 
 
@@ -267,7 +269,7 @@ def _info(variant: str, *, version: str, weights_source: str) -> ModelInfo:
 
 
 def _load_model(variant: str, weights: str | os.PathLike[str] | None, device: str,
-                runtime: str) -> CloudSEN12Model:
+                runtime: str, precision: str) -> CloudSEN12Model:
     if runtime not in ("auto", "torch"):
         raise ValueError(f"CloudSEN12 models run on torch: runtime must be 'auto' or 'torch', "
                          f"not {runtime!r}")
@@ -279,19 +281,19 @@ def _load_model(variant: str, weights: str | os.PathLike[str] | None, device: st
             n=len(bands), bands=", ".join(bands)))
     network = load_network(path, in_channels=len(bands))
     info = _info(variant, version=f"UNetMobV2 ({path.name})", weights_source=str(path))
-    return CloudSEN12Model(network, info, device=device)
+    return CloudSEN12Model(network, info, device=device, precision=precision)
 
 
 def _entry(variant: str) -> ModelEntry:
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
-             runtime: str = "auto") -> CloudSEN12Model:
-        return _load_model(variant, weights, device, runtime)
+             runtime: str = "auto", precision: str = "float32") -> CloudSEN12Model:
+        return _load_model(variant, weights, device, runtime, precision)
 
     info = _info(variant, version="UNetMobV2 architecture (no weights shipped)",
                  weights_source="not shipped: the published file, fetched on first use, or "
                                 "weights=PATH (the TorchScript archive or a state_dict in "
                                 "smp's layout)")
-    return ModelEntry(info=info, loader=load)
+    return ModelEntry(info=info, loader=load, precisions=PRECISIONS)
 
 
 CLOUDSEN12_MODELS = {entry.name: register(entry, overwrite=True)

@@ -52,7 +52,7 @@ from ..errors import MissingWeightsError, WeightsError
 from .classes import S2CLOUDLESS_SCHEME
 from .dl_l8s2_uv_net import DLL8S2UVNet, KerasModelFile, load_keras_hdf5, read_keras_hdf5
 from .protocol import ModelInfo
-from .registry import ModelEntry, register, sha256
+from .registry import PRECISIONS, ModelEntry, register, sha256
 from .torch_model import TorchCloudModel
 
 __all__ = [
@@ -79,9 +79,10 @@ _TILE_OVERLAP = 32
 class DLL8S2UVModel(TorchCloudModel):
     """A DL-L8S2-UV network loaded for the engine: probabilities [clear, cloud] in float32."""
 
-    def __init__(self, network: DLL8S2UVNet, info: ModelInfo, *, device: str = "cpu") -> None:
+    def __init__(self, network: DLL8S2UVNet, info: ModelInfo, *, device: str = "cpu",
+                 precision: str = "float32") -> None:
         # channels-last measured 2-5x faster on CPU (depthwise convolutions)
-        super().__init__(network, info, device=device, channels_last=True)
+        super().__init__(network, info, device=device, channels_last=True, precision=precision)
 
     def outputs(self, raw: torch.Tensor) -> torch.Tensor:
         """``[1 - p, p]`` (N, 2, H, W) from the network's cloud probability p."""
@@ -143,7 +144,7 @@ def _info(variant: _Variant, *, version: str, weights_source: str) -> ModelInfo:
 
 
 def _load_model(variant: _Variant, weights: str | os.PathLike[str] | None, device: str,
-                runtime: str) -> DLL8S2UVModel:
+                runtime: str, precision: str) -> DLL8S2UVModel:
     if runtime not in ("auto", "torch"):
         raise ValueError(f"DL-L8S2-UV runs on torch: runtime must be 'auto' or 'torch', "
                          f"not {runtime!r}")
@@ -163,19 +164,19 @@ def _load_model(variant: _Variant, weights: str | os.PathLike[str] | None, devic
                            f"({', '.join(variant.bands)}) and 1 (the cloud probability)")
     info = _info(variant, version=f"{path.name} (Keras {network.keras_version or '?'})",
                  weights_source=str(path))
-    return DLL8S2UVModel(network, info, device=device)
+    return DLL8S2UVModel(network, info, device=device, precision=precision)
 
 
 def _entry(variant: _Variant) -> ModelEntry:
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
-             runtime: str = "auto") -> DLL8S2UVModel:
-        return _load_model(variant, weights, device, runtime)
+             runtime: str = "auto", precision: str = "float32") -> DLL8S2UVModel:
+        return _load_model(variant, weights, device, runtime, precision)
 
     info = _info(variant, version=f"{variant.file} of IPL-UV/DL-L8S2-UV (not shipped)",
                  weights_source=f"none shipped: pass weights=PATH to {variant.file} from "
                                 f"{_REPOSITORY}")
     return ModelEntry(info=info, loader=load, sha256=variant.sha256,
-                      weights_filename=variant.file)
+                      weights_filename=variant.file, precisions=PRECISIONS)
 
 
 DL_L8S2_UV_MODELS = {variant.name: register(_entry(variant), overwrite=True)

@@ -74,7 +74,7 @@ from .fetch import resolve_weights
 from .kappamask_unet import KAPPAMASK_CHANNELS, KappaMaskConfig, KappaMaskUNet
 from .keras_hdf5 import KerasWeights, is_keras_hdf5, read_keras_weights
 from .protocol import ModelInfo, Normalization
-from .registry import ModelEntry, register
+from .registry import PRECISIONS, ModelEntry, register
 from .torch_model import TorchCloudModel
 
 __all__ = [
@@ -351,8 +351,8 @@ class KappaMaskModel(TorchCloudModel):
 
     def __init__(self, network: nn.Module, info: ModelInfo, *, device: str = "cpu",
                  band_order: Sequence[int] | None = None,
-                 meta: CheckpointMeta | None = None) -> None:
-        super().__init__(network, info, device=device)
+                 meta: CheckpointMeta | None = None, precision: str = "float32") -> None:
+        super().__init__(network, info, device=device, precision=precision)
         self.meta = meta
         order = list(band_order) if band_order is not None else None
         self._order = None if order is None or order == list(range(len(order))) else order
@@ -466,8 +466,8 @@ def _keras_network(path: Path, level: str, architecture: str) -> tuple[nn.Module
                      f"{config.depth} levels x {config.filters} filters)")
 
 
-def _checkpoint_model(path: Path, level: str, architecture: str,
-                      device: str) -> KappaMaskModel:
+def _checkpoint_model(path: Path, level: str, architecture: str, *,
+                      device: str, precision: str) -> KappaMaskModel:
     name = model_name(level, architecture)
     if architecture != UNET:
         raise WeightsError(f"weights={path}: xcloud checkpoints hold the KappaMask U-Net; load "
@@ -493,11 +493,12 @@ def _checkpoint_model(path: Path, level: str, architecture: str,
                          f"{config.filters} filters)",
                  weights_source=str(path))
     order = [layout.index(b) for b in meta.bands]
-    return KappaMaskModel(network, info, device=device, band_order=order, meta=meta)
+    return KappaMaskModel(network, info, device=device, band_order=order, meta=meta,
+                          precision=precision)
 
 
 def _load_model(level: str, architecture: str, weights: str | os.PathLike[str] | None,
-                device: str, runtime: str) -> KappaMaskModel:
+                device: str, runtime: str, precision: str) -> KappaMaskModel:
     if runtime not in ("auto", "torch"):
         raise ValueError(f"KappaMask runs on torch: runtime must be 'auto' or 'torch', "
                          f"not {runtime!r}")
@@ -509,27 +510,28 @@ def _load_model(level: str, architecture: str, weights: str | os.PathLike[str] |
         raise MissingWeightsError(f"weights={path} is not a file; "
                                   f"{_no_weights(name, level, architecture)}")
     if path.suffix in SUFFIXES:
-        return _checkpoint_model(path, level, architecture, device)
+        return _checkpoint_model(path, level, architecture, device=device,
+                                 precision=precision)
     if not is_keras_hdf5(path):
         raise WeightsError(f"weights={path} is neither an HDF5 file nor an xcloud checkpoint "
                            f"({', '.join(SUFFIXES)}); {_no_weights(name, level, architecture)}")
     network, version = _keras_network(path, level, architecture)
     info = _info(level, architecture, normalization=kappamask_normalization(level, architecture),
                  version=version, weights_source=str(path))
-    return KappaMaskModel(network, info, device=device)
+    return KappaMaskModel(network, info, device=device, precision=precision)
 
 
 def _entry(level: str, architecture: str) -> ModelEntry:
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
-             runtime: str = "auto") -> KappaMaskModel:
-        return _load_model(level, architecture, weights, device, runtime)
+             runtime: str = "auto", precision: str = "float32") -> KappaMaskModel:
+        return _load_model(level, architecture, weights, device, runtime, precision)
 
     published = f"{level.lower()}_{architecture}.hdf5"
     info = _info(level, architecture, normalization=kappamask_normalization(level, architecture),
                  version=f"KappaZeta's published {published} (2022-09-13), read as it is",
                  weights_source=f"published: {_SOURCE}{published} (fetched on first use), "
                                 f"or weights=PATH")
-    return ModelEntry(info=info, loader=load)
+    return ModelEntry(info=info, loader=load, precisions=PRECISIONS)
 
 
 KAPPAMASK_MODELS = {entry.name: register(entry, overwrite=True)

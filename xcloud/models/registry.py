@@ -38,8 +38,10 @@ from .published import published_for_model
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "PRECISIONS",
     "BandSpec",
     "ModelEntry",
+    "check_precision",
     "get",
     "known_weights",
     "list_models",
@@ -52,6 +54,11 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "xcloud.models"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+"""The inference precisions (``precision=``): ``float32`` runs every model; torch models also
+run their convolutions under :func:`torch.autocast` in ``float16`` (CUDA only) or
+``bfloat16``, their outputs back in float32."""
 
 Loader = Callable[..., CloudModel]
 BandSpec = str | Mapping[str, object]
@@ -68,13 +75,17 @@ class ModelEntry:
     the loader verifies before it deserialises anything; entries whose weights are always the
     user's own local file (``info.needs_weights_file`` and nothing published) have none.
     ``weights_filename`` is that file's name: a file of that name given as ``weights=`` with
-    another checksum is a corrupt copy and refused.
+    another checksum is a corrupt copy and refused. ``precisions`` are those of
+    :data:`PRECISIONS` the model runs in (its loader takes ``precision=`` when there are
+    others than float32); ``precision_note`` says why a float32-only model runs in float32.
     """
 
     info: ModelInfo
     loader: Loader
     sha256: str | None = None
     weights_filename: str | None = None
+    precisions: tuple[str, ...] = ("float32",)
+    precision_note: str = ""
 
     def __post_init__(self) -> None:
         if self.sha256 is not None and not _SHA256_HEX.fullmatch(self.sha256):
@@ -88,14 +99,28 @@ class ModelEntry:
         """The registry name."""
         return self.info.name
 
+    def check_precision(self, precision: str, *, device: str) -> None:
+        """``ValueError`` naming ``precision`` unless the model runs in it on ``device``."""
+        check_precision(precision, device=device, model=self.name)
+        if precision not in self.precisions:
+            note = f" ({self.precision_note})" if self.precision_note else ""
+            raise ValueError(f"precision={precision!r}: model {self.name!r} runs in "
+                             f"{', '.join(self.precisions)} only{note}; pass "
+                             "precision='float32'")
+
     def load(self, *, weights: str | Path | None = None, device: str = "cpu",
-             runtime: str = "auto", bands: Sequence[BandSpec] | None = None) -> CloudModel:
+             runtime: str = "auto", bands: Sequence[BandSpec] | None = None,
+             precision: str = "float32") -> CloudModel:
         """Load the model (use :func:`xcloud.engine.get_model` to reuse it within a process).
 
         ``bands`` is for models that take any set of bands (SEnSeI-v2): the bands, in channel
         order, that the loaded model is given; models with a fixed layout refuse it.
+        ``precision`` is one of the model's ``precisions`` (:data:`PRECISIONS`).
         """
+        self.check_precision(precision, device=device)
         options: dict[str, Any] = {"weights": weights, "device": device, "runtime": runtime}
+        if precision != "float32":
+            options["precision"] = precision
         if bands is not None:
             if "bands" not in inspect.signature(self.loader).parameters:
                 raise TypeError(f"model {self.name!r} takes a fixed set of bands "
@@ -275,7 +300,8 @@ def get(name: str) -> ModelEntry:
 
 
 def load(name: str, *, weights: str | Path | None = None, device: str = "cpu",
-         runtime: str = "auto", bands: Sequence[BandSpec] | None = None) -> CloudModel:
+         runtime: str = "auto", bands: Sequence[BandSpec] | None = None,
+         precision: str = "float32") -> CloudModel:
     """Load the model registered as ``name``.
 
     Parameters
@@ -289,8 +315,22 @@ def load(name: str, *, weights: str | Path | None = None, device: str = "cpu",
     bands
         For models that take any set of bands (SEnSeI-v2): band names or the authors' band
         descriptor dicts, in channel order.
+    precision
+        ``"float32"``, or for torch models ``"bfloat16"`` or ``"float16"`` (CUDA only):
+        see :data:`PRECISIONS`.
     """
-    return get(name).load(weights=weights, device=device, runtime=runtime, bands=bands)
+    return get(name).load(weights=weights, device=device, runtime=runtime, bands=bands,
+                          precision=precision)
+
+
+def check_precision(precision: str, *, device: str, model: str) -> None:
+    """``ValueError`` naming ``precision`` unless it is one of :data:`PRECISIONS` that runs on
+    ``device`` (a torch device; float16 needs CUDA)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float16" and not str(device).startswith("cuda"):
+        raise ValueError(f"precision='float16' needs a CUDA device (model {model!r} on "
+                         f"device={device!r}); use precision='bfloat16' on the CPU")
 
 
 def sha256(path: str | Path) -> str:

@@ -136,5 +136,7 @@ def _load(*, weights: str | Path | None = None, device: str = "cpu",
     return S2CloudlessModel(INFO, path, runtime=runtime)
 
 
-ENTRY = register(ModelEntry(info=INFO, loader=_load, sha256=_SHA256, weights_filename=_BOOSTER),
+ENTRY = register(ModelEntry(info=INFO, loader=_load, sha256=_SHA256, weights_filename=_BOOSTER,
+                            precision_note="s2cloudless evaluates its LightGBM trees as "
+                                           "trained"),
                  overwrite=True)

@@ -69,7 +69,7 @@ from ..errors import BandError, MissingWeightsError, WeightsError
 from .classes import SENSEI_V2_4CLASS_SCHEME, SENSEI_V2_SCHEME, ClassScheme
 from .fetch import resolve_weights
 from .protocol import ModelInfo, Normalization
-from .registry import ModelEntry, register
+from .registry import PRECISIONS, ModelEntry, register
 from .sensei_encoder import (
     DEFAULT_SENSEI_CONFIG,
     BaselineNetwork,
@@ -286,10 +286,10 @@ class SEnSeIv2Model(TorchCloudModel):
 
     def __init__(self, network: SEnSeIv2, info: ModelInfo,
                  descriptors: Sequence[Mapping[str, Any]], *, device: str = "cpu",
-                 loaded: LoadedWeights | None = None) -> None:
+                 loaded: LoadedWeights | None = None, precision: str = "float32") -> None:
         if len(descriptors) != len(info.bands):
             raise BandError(f"{len(descriptors)} descriptors for {len(info.bands)} bands")
-        super().__init__(network, info, device=device, per_image=True)
+        super().__init__(network, info, device=device, per_image=True, precision=precision)
         self.loaded = loaded
         self.descriptors = [dict(d) for d in descriptors]
         self._vectors = network.senseiv2.describe(self.descriptors).to(self.device)
@@ -320,11 +320,11 @@ class SEnSeIv2BaselineModel(TorchCloudModel):
     """
 
     def __init__(self, network: BaselineNetwork, info: ModelInfo, *, device: str = "cpu",
-                 loaded: LoadedWeights | None = None) -> None:
+                 loaded: LoadedWeights | None = None, precision: str = "float32") -> None:
         if len(info.bands) != network.in_channels:
             raise BandError(f"{len(info.bands)} bands for a network of {network.in_channels} "
                             "input channels")
-        super().__init__(network, info, device=device)
+        super().__init__(network, info, device=device, precision=precision)
         self.loaded = loaded
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
@@ -362,7 +362,8 @@ def _info(name: str, bands: tuple[str, ...], description: str, *,
 
 def _load(info: ModelInfo, published_name: str | None, *,
           weights: str | os.PathLike[str] | None, device: str, runtime: str,
-          bands: Sequence[str | Mapping[str, Any]] | None) -> SEnSeIv2Model:
+          bands: Sequence[str | Mapping[str, Any]] | None,
+          precision: str = "float32") -> SEnSeIv2Model:
     if runtime not in ("auto", "torch"):
         raise ValueError(f"runtime=: SEnSeI-v2 runs on torch ('auto' or 'torch'), not "
                          f"{runtime!r}")
@@ -392,7 +393,7 @@ def _load(info: ModelInfo, published_name: str | None, *,
     version = f"{loaded.name} ({network.head_spec.kind} head)"
     return SEnSeIv2Model(network, replace(info, bands=names, weights_source=source,
                                           version=version),
-                         descriptors, device=device, loaded=loaded)
+                         descriptors, device=device, loaded=loaded, precision=precision)
 
 
 def _entry_for(published_name: str, n_classes: int) -> str:
@@ -423,11 +424,12 @@ def sensei_v2_entry(name: str, *, published_name: str | None = None,
 
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
              runtime: str = "auto",
-             bands: Sequence[str | Mapping[str, Any]] | None = None) -> SEnSeIv2Model:
+             bands: Sequence[str | Mapping[str, Any]] | None = None,
+             precision: str = "float32") -> SEnSeIv2Model:
         return _load(info, published_name, weights=weights, device=device, runtime=runtime,
-                     bands=bands)
+                     bands=bands, precision=precision)
 
-    return ModelEntry(info=info, loader=load)
+    return ModelEntry(info=info, loader=load, precisions=PRECISIONS)
 
 
 _FOUR_CLASS_MODEL = "sensei-v2-deeplabv3-s2-unambiguous"
@@ -448,7 +450,8 @@ entries load them with :func:`sensei_v2_baseline_entry`)."""
 
 def _load_baseline(info: ModelInfo, published_name: str, *,
                    weights: str | os.PathLike[str] | None, device: str, runtime: str,
-                   bands: Sequence[str] | None) -> SEnSeIv2BaselineModel:
+                   bands: Sequence[str] | None,
+                   precision: str = "float32") -> SEnSeIv2BaselineModel:
     if runtime not in ("auto", "torch"):
         raise ValueError(f"runtime=: {info.name} runs on torch ('auto' or 'torch'), not "
                          f"{runtime!r}")
@@ -477,7 +480,7 @@ def _load_baseline(info: ModelInfo, published_name: str, *,
     return SEnSeIv2BaselineModel(
         network, replace(info, bands=names, weights_source=f"{loaded.path} (published: "
                          f"{loaded.name})", version=f"{loaded.name} (no SEnSeI-v2)"),
-        device=device, loaded=loaded)
+        device=device, loaded=loaded, precision=precision)
 
 
 def sensei_v2_baseline_entry(name: str, published_name: str, *,
@@ -493,12 +496,12 @@ def sensei_v2_baseline_entry(name: str, published_name: str, *,
                    "(fetched on first use), or weights=FOLDER")
 
     def load(*, weights: str | os.PathLike[str] | None = None, device: str = "cpu",
-             runtime: str = "auto", bands: Sequence[str] | None = None
-             ) -> SEnSeIv2BaselineModel:
+             runtime: str = "auto", bands: Sequence[str] | None = None,
+             precision: str = "float32") -> SEnSeIv2BaselineModel:
         return _load_baseline(info, published_name, weights=weights, device=device,
-                              runtime=runtime, bands=bands)
+                              runtime=runtime, bands=bands, precision=precision)
 
-    return ModelEntry(info=info, loader=load)
+    return ModelEntry(info=info, loader=load, precisions=PRECISIONS)
 
 
 SENSEI_V2_MODELS = {entry.name: register(entry, overwrite=True) for entry in (

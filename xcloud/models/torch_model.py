@@ -5,10 +5,15 @@ how the network's output becomes the authors' output channels (:meth:`TorchCloud
 a softmax, sigmoids already applied, ``[1 - p, p]``), how the network is called
 (:meth:`TorchCloudModel.forward`, e.g. with band descriptors), and whether images run one at a
 time (``per_image``, for networks whose output depends on the other images of a batch). Moving
-the batch to the device, inference mode, float32 and the shape check are done here once.
+the batch to the device, inference mode, float32 and the shape check are done here once, and
+so is the inference precision: the network's forward under :func:`torch.autocast` in
+``bfloat16`` or ``float16`` (CUDA only), its output back in float32 before
+:meth:`TorchCloudModel.outputs`.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -16,8 +21,11 @@ from torch import nn
 
 from ..errors import BandError
 from .protocol import BaseCloudModel, ModelInfo
+from .registry import check_precision
 
 __all__ = ["TorchCloudModel"]
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class TorchCloudModel(BaseCloudModel):
@@ -37,11 +45,22 @@ class TorchCloudModel(BaseCloudModel):
     channels_last
         Keep the network and its input in channels-last memory format (faster for depthwise
         convolutions on CPUs).
+    precision
+        ``"float32"``, ``"bfloat16"`` or ``"float16"`` (CUDA only): the forward runs under
+        :func:`torch.autocast` in that type; the probabilities are float32 either way.
+
+    Raises
+    ------
+    ValueError
+        ``precision`` is not one of those, or is ``"float16"`` on a device other than CUDA.
     """
 
     def __init__(self, network: nn.Module, info: ModelInfo, *, device: str = "cpu",
-                 per_image: bool = False, channels_last: bool = False) -> None:
+                 per_image: bool = False, channels_last: bool = False,
+                 precision: str = "float32") -> None:
+        check_precision(precision, device=str(device), model=info.name)
         self.info = info
+        self.precision = precision
         self.device = torch.device(device)
         self.per_image = per_image
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -86,7 +105,17 @@ class TorchCloudModel(BaseCloudModel):
             return np.zeros((0, len(self.info.scheme.classes), *batch.shape[2:]), np.float32)
         return self.finish(np.concatenate(out), batch)
 
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The context the forward runs in: :func:`torch.autocast` to the precision's type,
+        nothing for float32."""
+        dtype = _DTYPES.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
     def _run(self, group: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(np.ascontiguousarray(group)).to(self.device)
         tensor = tensor.contiguous(memory_format=self.memory_format)
-        return self.outputs(self.forward(tensor)).float().cpu().numpy()
+        with self.autocast():
+            raw = self.forward(tensor)
+        return self.outputs(raw.float()).float().cpu().numpy()

@@ -44,6 +44,8 @@ _STATS_SHA256 = {
 }
 _CLASSES = 3
 _BANDS = {"4b": ("B02", "B03", "B04", "B08"), "6b": ("B02", "B03", "B04", "B08", "B11", "B12")}
+_PRECISION_NOTE = ("ukis' ONNX graph runs as shipped on onnxruntime, and its torch port "
+                   "reproduces that graph in float32")
 
 
 def _package_file(variant: str, suffix: str) -> Path:
@@ -173,7 +175,8 @@ def _entry(variant: str) -> ModelEntry:
     except MissingWeightsError:  # listed without its package; loading says what to install
         normalization = Normalization("standard")
     return ModelEntry(info=_info(variant, name, level, bands, normalization), loader=load,
-                      sha256=_SHA256[variant], weights_filename=f"model_{variant}.onnx")
+                      sha256=_SHA256[variant], weights_filename=f"model_{variant}.onnx",
+                      precision_note=_PRECISION_NOTE)
 
 
 def _info(variant: str, name: str, level: str, bands: str,
