@@ -19,11 +19,11 @@ full-resolution path, a number (metres) for a model grid of that pixel size (s2c
 registered at 10 m, is documented at 160 m: ``read_resolution=160``). The default per model
 (:data:`DEFAULT_READ_RESOLUTION`) is ``"model"`` only where the masks agreed with the
 full-resolution path on >= 99.5 % of the pixels of the real scene (measured in
-``tests/test_model_grid.py`` and ``benchmarks/bench_read_levels.py``, see
-``docs/how-to/read-levels.md``); other models keep ``"data"``. The default applies only where
-it can (data from :func:`xcloud.load`, an integer factor > 1, no ``scale``/``offset``/
-``nodata``/``resolution`` given); an explicit ``"model"`` or number that cannot apply is an
-error naming the reason.
+``tests/test_model_grid.py`` and ``benchmarks/bench_read_levels.py``, see "Reading at the
+model's resolution" in ``docs/concepts.md``); other models keep ``"data"``. The default
+applies only where it can (data from :func:`xcloud.load`, an integer factor > 1, no
+``scale``/``offset``/``nodata``/``resolution`` given); an explicit ``"model"`` or number that
+cannot apply is an error naming the reason.
 """
 
 from __future__ import annotations
