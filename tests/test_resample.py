@@ -25,6 +25,7 @@ from xcloud.data.resample import (
     upsample_bilinear_argmax_dask,
     upsample_nearest,
     upsample_sinc,
+    weighted_mean,
 )
 
 RNG = np.random.default_rng(42)
@@ -531,4 +532,44 @@ def test_argmax_refuses_what_has_no_class_channels(shape, weighted):
     if len(shape) >= 3:
         with pytest.raises(ValueError, match="class channels"):
             upsample_bilinear_argmax_dask(da.zeros(shape, np.float32), 2, weighted=weighted)
+
+
+# ---------------------------------------------------------------- weighted means
+
+
+def _weighted_mean_reference(values, rows, row_w, columns, column_w):
+    out = np.full((values.shape[0], len(rows), len(columns)), np.nan)
+    for b, image in enumerate(values.astype(np.float64)):
+        for j in range(len(rows)):
+            for k in range(len(columns)):
+                weights = np.outer(row_w[j], column_w[k])
+                taken = image[np.ix_(rows[j], columns[k])]
+                ok = np.isfinite(taken) & (weights > 0)
+                if weights[ok].sum() > 1e-9:
+                    out[b, j, k] = (weights[ok] * taken[ok]).sum() / weights[ok].sum()
+    return out.astype(np.float32)
+
+
+def test_weighted_mean_matches_the_definition():
+    values = RNG.random((2, 9, 11), dtype=np.float32)
+    values[0, 2:4, 3:6] = np.nan
+    values[1] = np.nan  # nothing finite: NaN everywhere
+    rows = np.array([[0, 1], [1, 2], [4, 5], [7, 8]])
+    row_w = np.array([[0.5, 0.5], [0.25, 0.75], [1.0, 0.0], [0.3, 0.2]])
+    columns = np.array([[0, 1, 2], [2, 3, 4], [9, 10, 10]])
+    column_w = np.array([[0.2, 0.5, 0.3], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
+    got = weighted_mean(values, rows, row_w, columns, column_w)
+    assert got.dtype == np.float32 and got.shape == (2, 4, 3)
+    np.testing.assert_allclose(got, _weighted_mean_reference(values, rows, row_w, columns,
+                                                             column_w), rtol=1e-6)
+    assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
+
+
+def test_weighted_mean_refuses_taps_outside_or_unpaired():
+    values = np.zeros((4, 4), np.float32)
+    taps, weights = np.array([[0, 1]]), np.array([[0.5, 0.5]])
+    with pytest.raises(ValueError, match="inside"):
+        weighted_mean(values, np.array([[3, 4]]), weights, taps, weights)
+    with pytest.raises(ValueError, match="pairs"):
+        weighted_mean(values, taps, np.array([0.5, 0.5]), taps, weights)
 

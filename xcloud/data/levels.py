@@ -238,24 +238,12 @@ def _taps(offset: float, width: float, count: int, available: int) -> _Taps:
     return _Taps(np.clip(index, 0, max(available - 1, 0)), weight)
 
 
-def _apply_taps(values: np.ndarray, taps: _Taps, axis: int) -> np.ndarray:
-    """Weighted sums along ``axis`` (-2 or -1) of ``values`` (float64)."""
-    moved = np.moveaxis(values, axis, -1)
-    out = np.zeros((*moved.shape[:-1], taps.index.shape[0]), np.float64)
-    for k in range(taps.index.shape[1]):
-        out += moved[..., taps.index[:, k]] * taps.weight[:, k]
-    return np.moveaxis(out, -1, axis)
-
-
 def _area_mean_block(window: np.ndarray, rows: _Taps, columns: _Taps) -> np.ndarray:
     """The coarse pixels of one chunk from the level pixels under them (NaN ignored; NaN
     where no weight falls on a valid pixel)."""
-    values = np.asarray(window, np.float64)
-    valid = np.isfinite(values)
-    total = _apply_taps(_apply_taps(np.where(valid, values, 0.0), rows, -2), columns, -1)
-    weight = _apply_taps(_apply_taps(valid.astype(np.float64), rows, -2), columns, -1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(weight > 1e-9, total / weight, np.nan).astype(np.float32)
+    from .resample import weighted_mean  # numba loads when a level is read
+
+    return weighted_mean(window, rows.index, rows.weight, columns.index, columns.weight)
 
 
 def _spans(chunks: Sequence[int]) -> list[slice]:

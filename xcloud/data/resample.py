@@ -49,6 +49,7 @@ __all__ = [
     "upsample_bilinear_argmax_dask",
     "upsample_nearest",
     "upsample_sinc",
+    "weighted_mean",
 ]
 
 UPSAMPLING_METHODS = ("bilinear", "sinc", "nearest")
@@ -185,6 +186,31 @@ def _bilinear_argmax_kernel(src: np.ndarray, weights: np.ndarray, offsets: np.nd
                     out[i, x] = NO_CLASS
                     continue
             out[i, x] = _best_channel(line, x, classes, weight)
+
+
+@_jit
+def _weighted_mean_kernel(src: np.ndarray, row_index: np.ndarray, row_weight: np.ndarray,
+                          column_index: np.ndarray, column_weight: np.ndarray,
+                          out: np.ndarray) -> None:
+    """``out[b, j, k]``: the mean of ``src[b, row_index[j, a], column_index[k, c]]`` weighted
+    by ``row_weight[j, a] * column_weight[k, c]`` over the finite values (float64 sums); NaN
+    where their weight is not above 1e-9."""
+    for b in range(src.shape[0]):
+        for j in range(out.shape[1]):
+            for k in range(out.shape[2]):
+                total, weight = 0.0, 0.0
+                for a in range(row_index.shape[1]):
+                    along = row_weight[j, a]
+                    if along == 0.0:
+                        continue
+                    line = src[b, row_index[j, a]]
+                    for c in range(column_index.shape[1]):
+                        value = line[column_index[k, c]]
+                        if np.isfinite(value):
+                            share = along * column_weight[k, c]
+                            total += share * value
+                            weight += share
+                out[b, j, k] = total / weight if weight > 1e-9 else np.nan
 
 
 @_inline
@@ -545,6 +571,50 @@ def downsample_mean(values: np.ndarray, factor: int) -> np.ndarray:
     if out.size:
         _block_mean_kernel(src, factor, out)
     return out.reshape(_down_shape(values.shape, factor))
+
+
+def weighted_mean(values: np.ndarray, row_index: np.ndarray, row_weight: np.ndarray,
+                  column_index: np.ndarray, column_weight: np.ndarray) -> np.ndarray:
+    """Separable weighted means of the last two axes, NaN ignored: an area-weighted resampling.
+
+    Output pixel ``(j, k)`` is the mean of the input pixels ``(row_index[j, a],
+    column_index[k, c])`` weighted by ``row_weight[j, a] * column_weight[k, c]``, over those
+    that are finite (the weights renormalised over them).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        (..., H, W), any real dtype (read as float32, summed in float64).
+    row_index, row_weight : numpy.ndarray
+        (rows out, taps): the input rows each output row takes (inside ``[0, H)``) and their
+        weights (0 for padding taps).
+    column_index, column_weight : numpy.ndarray
+        (columns out, taps): the same along the columns.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (..., rows out, columns out); NaN where no finite input has weight.
+    """
+    _check_image(values)
+    rows, columns = (np.ascontiguousarray(a, np.int64) for a in (row_index, column_index))
+    row_w, column_w = (np.ascontiguousarray(a, np.float64) for a in (row_weight, column_weight))
+    if rows.shape != row_w.shape or columns.shape != column_w.shape or rows.ndim != 2 \
+            or columns.ndim != 2:
+        raise ValueError("row_index/row_weight and column_index/column_weight must be pairs of "
+                         "2-D arrays of one shape (output pixels, taps)")
+    if not (_inside(rows, values.shape[-2]) and _inside(columns, values.shape[-1])):
+        raise ValueError(f"row_index/column_index must lie inside the values' "
+                         f"{values.shape[-2:]} pixels")
+    src = _stack(values, np.float32)
+    out = np.empty((src.shape[0], rows.shape[0], columns.shape[0]), np.float32)
+    if out.size:
+        _weighted_mean_kernel(src, rows, row_w, columns, column_w, out)
+    return out.reshape(*values.shape[:-2], *out.shape[1:])
+
+
+def _inside(index: np.ndarray, length: int) -> bool:
+    return not index.size or (int(index.min()) >= 0 and int(index.max()) < length)
 
 
 def block_sums(values: np.ndarray, factor: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
