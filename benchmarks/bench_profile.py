@@ -6,8 +6,9 @@
    run, not changed): reading and decoding the bands (``xcloud.load`` on their native grids),
    resampling 20 m bands to 10 m (the numba kernel ``load`` uses), checking for no data,
    normalising, averaging to the model's 30 m grid, the model's ``predict_proba`` on the
-   tiles, cutting and blending the tiles, resampling the probabilities back to 10 m,
-   classifying, and writing the chunk into a Zarr store (``to_zarr``'s chunk writer). Stages
+   tiles, cutting and blending the tiles, back to 10 m and classified (in one pass for
+   argmax models: ``upsampled_output``; ``finish_block`` at the model's own grid), and
+   writing the chunk into a Zarr store (``to_zarr``'s chunk writer). Stages
    are scaled to the whole scene: per-pixel stages by its pixels (each pixel is checked,
    normalised and averaged once: chunks share model-grid sums, not halos), the model and the
    blending by the tiles the chunks run (counted with the engine's tiling), reading and
@@ -129,7 +130,8 @@ def instrumented(timer: StageTimer) -> Iterator[None]:
     stages = [(blocks, "_nodata_mask", "no-data check"), (resample, "block_sums", "to model grid"),
               (shared, "_assembled", "to model grid"), (shared, "sum_tiles", "tiles"),
               (shared, "blended", "sum + blend"),
-              (shared, "upsample_core", "back to 10 m"), (shared, "finish_block", "classify")]
+              (shared, "upsampled_output", "back to 10 m + classify"),
+              (shared, "finish_block", "classify")]
     saved = [(module, name, getattr(module, name)) for module, name, _ in stages]
     get_model, apply = blocks.get_model, Normalization.apply
     for module, name, stage in stages:
@@ -332,10 +334,8 @@ def stages(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
          f"{1e3 * per_tile:.0f} ms/tile x {tiles_run} tiles ({tiles_unique} unique)"),
         ("tiles: cut, pad, weight, sum, blend", blend_s,
          blend_s / max(timer.tiles, 1) * tiles_run, "per tile"),
-        ("back to 10 m (probabilities)", seconds.get("back to 10 m", 0.0),
-         seconds.get("back to 10 m", 0.0) * per_chunk, "core"),
-        ("classify", seconds.get("classify", 0.0), seconds.get("classify", 0.0) * per_chunk,
-         "core"),
+        *((name, value, value * per_chunk, "core") for name, value in seconds.items()
+          if name in ("back to 10 m + classify", "classify")),
         ("rest of the tasks", rest_s, rest_s * per_chunk, "core"),
         ("write chunk to Zarr", write_s, write_s * per_chunk, "core"),
     ]
