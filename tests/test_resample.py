@@ -502,7 +502,7 @@ def test_argmax_renormalised_over_pixels_with_data(factor):
     assert (got[nodata] == NO_CLASS).all() and (got[~nodata] < 4).all()
 
 
-def test_argmax_is_a_single_pass_over_the_output():
+def test_argmax_of_near_equal_channels():
     """Near-equal channels everywhere: the classes still equal the reference bit for bit."""
     base = RNG.random((1, 30, 30), dtype=np.float32)
     proba = np.concatenate([base, np.nextafter(base, np.float32(2)), base], axis=0)

@@ -268,7 +268,8 @@ def predict(
         CF flag attributes included. Pixels with no data get the scheme's no-data class.
     """
     _check_choices(output=output, boundary=boundary, tile_blend=tile_blend, invalid=invalid)
-    get(model).check_precision(precision, device=resolve_device(device))
+    resolved_device = resolve_device(device)
+    get(model).check_precision(precision, device=resolved_device)
     if read_at_model_resolution_applies(data, model=model, read_resolution=read_resolution,
                                         bands=bands, resolution=resolution, scale=scale,
                                         offset=offset, nodata=nodata):
@@ -293,7 +294,7 @@ def predict(
     array, grid, shared = _plan_chunks(cube, info, zoom, tiles=tiles, halo=halo,
                                        boundary=boundary, chunk_size=chunk_size)
     task = BlockTask(
-        spec=ModelSpec.create(model, weights=weights, device=resolve_device(device),
+        spec=ModelSpec.create(model, weights=weights, device=resolved_device,
                               runtime=runtime, bands=chosen, precision=precision),
         info=info, grid=grid, tiles=tiles, output=output, batch_size=batch_size,
         nodata=_nodata_reflectance(nodata, scale=scale, offset=offset), invalid=invalid,
