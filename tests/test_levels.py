@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 
@@ -181,3 +182,46 @@ def test_data_that_load_did_not_make_are_refused(scenes):
         read_coarser(data.compute(), 4)
     with pytest.raises(ValueError, match="factor"):
         read_coarser(data, 1.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("rows", "columns", "factor"), [
+    (slice(0, SIZE), slice(0, SIZE), 3),  # 3 loaded pixels = 1.5 pixels of the 20 m band
+    (slice(41, 360), slice(7, 500), 3),  # a window starting inside a 20 m pixel
+    (slice(1, 511), slice(2, 509), 4),
+])
+def test_a_band_without_a_serving_level_is_averaged_from_its_native_pixels(
+        scenes, rows, columns, factor):
+    """B11 (20 m, no JPEG 2000 level) read on its own grid and upsampled inside each coarse
+    chunk's task: the same values as averaging the loaded (bilinear 10 m) band, to the bit,
+    whatever the window; B02 (no levels at all) likewise."""
+    data, _ = scenes["jp2-flat"]
+    window = data.isel(y=rows, x=columns)
+    coarse = read_coarser(window, factor, chunk=37)  # chunks that cut 20 m pixels in two
+    assert coarse.encoding["xcloud:levels"] == {"B02": None, "B11": None}
+    for band in ("B02", "B11"):
+        expected = downsample_mean(window[band].values, factor)
+        np.testing.assert_array_equal(coarse[band].values, expected)
+
+
+@pytest.mark.parametrize("resampling", ["sinc", "nearest"])
+def test_the_native_read_follows_load_s_resampling(tmp_path, resampling):
+    folder = write_scene(tmp_path / "flat", "jp2-flat", {"B11": _texture(SIZE // 2, 3)})
+    data = load([scene_item(folder)], bands=["B11"], chunks=96, resampling=resampling)
+    coarse = read_coarser(data.isel(y=slice(5, 400), x=slice(3, 333)), 3)
+    expected = downsample_mean(data["B11"].values[:, 5:400, 3:333], 3)
+    np.testing.assert_array_equal(coarse["B11"].values, expected)
+
+
+def test_the_native_read_is_one_task_per_chunk_on_the_band_s_own_grid(scenes):
+    """No loaded-resolution array between tasks: the 20 m band is read on its 20 m grid and
+    each coarse chunk is one task on the read blocks under it (no rechunking)."""
+    data, _ = scenes["jp2-flat"]
+    coarse = read_coarser(data[["B11"]], 3, chunk=64)
+    graph = coarse["B11"].data.__dask_graph__()
+    kinds = {name.rsplit("-", 1)[0] for name in graph.layers}
+    assert not {"rechunk-merge", "rechunk-split", "upsample", "concatenate"} & kinds
+    means = [name for name in graph.layers if name.startswith("full-mean-")]
+    assert len(means) == 1 and len(graph.layers[means[0]]) == coarse["B11"].data.npartitions
+    read = next(iter(graph.dependencies[means[0]]))
+    blocks = dask.get(dict(graph), list(graph.layers[read].keys()))
+    assert sum(block.size for block in blocks) == (SIZE // 2) ** 2  # the 20 m pixels, once

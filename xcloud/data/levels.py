@@ -28,15 +28,21 @@ pixel taken as the mean of the full-resolution pixels it stands for:
 
 Without a serving level, a band is read as :func:`xcloud.load` reads it (20 m and 60 m bands
 brought onto the loaded grid with its resampling) and block-averaged: the values the
-full-resolution path averages to the model's grid. The items of a time step must share the
+full-resolution path averages to the model's grid, to the bit. It is read on its own native
+grid and each coarse chunk is made by one task from the native pixels under it (upsampled,
+then averaged, inside the task), so no loaded-resolution array passes between tasks.
+
+Each coarse chunk is one task on the read blocks under it (their slices joined in the task):
+no rechunking, and no block decoded twice. The items of a time step must share the
 band's file grid (one tile per time step) to be read from levels; otherwise full resolution.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,7 +270,6 @@ def _level_taps(choice: LevelChoice, coarse: Any) -> tuple[_Taps, _Taps]:
 def _read_level(recipe: LoadRecipe, band: str, choice: LevelChoice, coarse: Any,
                 chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> Any:
     """``band`` on the coarse grid from the level ``choice``, lazily."""
-    import dask.array as da
     from affine import Affine
     from odc.geo.geobox import GeoBox
 
@@ -280,27 +285,145 @@ def _read_level(recipe: LoadRecipe, band: str, choice: LevelChoice, coarse: Any,
     chunk = max(1, round(footprint / max(choice.block))) * max(choice.block)
     levels = {href: int(choice.index) for href in recipe.hrefs(band)}  # type: ignore[arg-type]
     level = recipe.read(band, grid, chunk=chunk, levels=levels)
-    blocks = []
-    for row_span in _spans(chunks[0]):
-        line = []
-        for column_span in _spans(chunks[1]):
-            r0, r1, r = row_taps.window(row_span)
-            c0, c1, col = column_taps.window(column_span)
-            window = level[:, r0:r1, c0:c1].rechunk({1: -1, 2: -1})
-            line.append(window.map_blocks(
-                _area_mean_block, r, col, dtype=np.float32,
-                chunks=(window.chunks[0], (row_span.stop - row_span.start,),
-                        (column_span.stop - column_span.start,)),
-                meta=np.empty((0, 0, 0), np.float32)))
-        blocks.append(line)
-    return da.block(blocks)
+    return _windowed(level, [row_taps.window(span) for span in _spans(chunks[0])],
+                     [column_taps.window(span) for span in _spans(chunks[1])],
+                     _area_mean_block, chunks, "area-mean")
 
 
-def _read_full(variable: xr.DataArray, factor: int,
+_Window = tuple[int, int, Any]
+"""Along one axis, for one chunk of the result: the source pixels it needs (first, stop) and
+what the chunk's function takes for that axis."""
+
+
+def _windowed(source: Any, rows: Sequence[_Window], columns: Sequence[_Window],
+              function: Callable[[np.ndarray, Any, Any], np.ndarray],
+              chunks: tuple[tuple[int, ...], tuple[int, ...]], prefix: str) -> Any:
+    """Chunks ``chunks`` of float32 (time, y, x) made from the (time, y, x) dask ``source``:
+    chunk ``(i, j)`` is ``function(window, rows[i][2], columns[j][2])`` on the ``window`` of
+    source pixels ``rows[i][:2]`` x ``columns[j][:2]``, one task each on the source blocks
+    under it (no rechunking: the blocks' slices are joined inside the task)."""
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"{prefix}-" + tokenize(source.name, function, rows, columns, chunks)
+    row_cuts = [_cuts(first, stop, source.chunks[1]) for first, stop, _ in rows]
+    column_cuts = [_cuts(first, stop, source.chunks[2]) for first, stop, _ in columns]
+    graph: dict[Any, Any] = {}
+    for t in range(len(source.chunks[0])):
+        for i, (row_blocks, (_, _, row_argument)) in enumerate(zip(row_cuts, rows, strict=True)):
+            for j, (column_blocks, (_, _, column_argument)) in enumerate(
+                    zip(column_cuts, columns, strict=True)):
+                keys = [[(source.name, t, bi, bj) for bj, _ in column_blocks]
+                        for bi, _ in row_blocks]
+                graph[(name, t, i, j)] = (_joined, function, keys,
+                                          [cut for _, cut in row_blocks],
+                                          [cut for _, cut in column_blocks],
+                                          row_argument, column_argument)
+    layers = HighLevelGraph.from_collections(name, graph, dependencies=[source])
+    return da.Array(layers, name, chunks=(source.chunks[0], *chunks), dtype=np.float32,
+                    meta=np.empty((0, 0, 0), np.float32))
+
+
+def _cuts(first: int, stop: int, block_chunks: Sequence[int]) -> list[tuple[int, slice]]:
+    """Along one axis: the blocks under source pixels ``first .. stop - 1``, each with the
+    slice of its pixels among them."""
+    bounds = np.cumsum([0, *block_chunks]).tolist()
+    return [(k, slice(max(first, low) - low, min(stop, high) - low))
+            for k, (low, high) in enumerate(itertools.pairwise(bounds))
+            if low < stop and high > first]
+
+
+def _joined(function: Callable[[np.ndarray, Any, Any], np.ndarray],
+            blocks: list[list[np.ndarray]], rows_cut: list[slice], columns_cut: list[slice],
+            rows: Any, columns: Any) -> np.ndarray:
+    """``function`` on the needed pixels (``rows_cut`` x ``columns_cut``) of a grid of
+    (time, y, x) source blocks, joined."""
+    window = np.block([[block[:, row, column] for block, column in zip(line, columns_cut,
+                                                                       strict=True)]
+                       for line, row in zip(blocks, rows_cut, strict=True)])
+    return function(window, rows, columns)
+
+
+@dataclass(frozen=True)
+class _Upsampled:
+    """Along one axis, for one chunk: how :func:`xcloud.load` made its pixels from a window of
+    the band's native pixels (``native`` times coarser, upsampled with ``method``) and which of
+    them the chunk's coarse pixels (``factor`` loaded pixels each) average."""
+
+    method: str
+    native: int
+    factor: int
+    keep: slice  # loaded pixels of the chunk, counted from the window's first native pixel
+
+
+_MARGIN = 4
+"""Native pixels read around a chunk's own: more than any upsampling kernel reaches (sinc's
+three lobes), so that a chunk's loaded pixels are those of the whole band."""
+
+
+def _upsampled_mean(window: np.ndarray, rows: _Upsampled, columns: _Upsampled) -> np.ndarray:
+    """The coarse pixels of one chunk: the native ``window`` brought onto the loaded grid as
+    :func:`xcloud.load` does, then block-averaged (NaN ignored)."""
+    from .resample import downsample_mean, resample
+
+    if rows.native > 1:
+        window = resample(window, rows.native, method=rows.method)
+    return downsample_mean(window[:, rows.keep, columns.keep], rows.factor)
+
+
+def _native_windows(span: slice, offset: int, available: int, native: int, factor: int,
+                    size: int, method: str) -> tuple[int, int, _Upsampled]:
+    """Native pixels (first, stop; of a native grid with ``available`` pixels) for the coarse
+    pixels ``span`` of a selection starting ``offset`` loaded pixels into the loaded grid and
+    ``size`` loaded pixels long."""
+    low = offset + span.start * factor
+    high = offset + min(span.stop * factor, size)
+    first = max(low // native - _MARGIN, 0)
+    stop = min((high - 1) // native + 1 + _MARGIN, available)
+    keep = slice(low - first * native, high - first * native)
+    return first, stop, _Upsampled(method, native, factor, keep)
+
+
+def _read_full(recipe: LoadRecipe, band: str, variable: xr.DataArray, factor: int,
                chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> Any:
-    """The loaded values themselves (read at full resolution, coarser bands brought onto the
-    grid as :func:`xcloud.load` does), block-averaged by ``factor``: the values the
-    full-resolution path averages to the model's grid."""
+    """The loaded values (read at full resolution, coarser bands brought onto the grid as
+    :func:`xcloud.load` does), block-averaged by ``factor``: the values the full-resolution
+    path averages to the model's grid.
+
+    Read again from the files on the band's native grid, each coarse chunk made by one task
+    from the native pixels under it (upsampled in the task: no loaded-resolution array between
+    tasks); the loaded array itself where that is not possible (a class layer, time steps
+    read at different native resolutions, another resampling)."""
+    from .resample import UPSAMPLING_METHODS
+
+    native = recipe.native_factor(band) if variable.dtype == np.float32 else None
+    if native is None or recipe.resampling not in UPSAMPLING_METHODS:
+        return _average_loaded(variable, factor, chunks)
+    loaded = recipe.loaded_geobox
+    grid = loaded.zoom_out(native) if native > 1 else loaded
+    offset = _offset(recipe.geobox, loaded)
+    windows = [[_native_windows(span, offset[axis], grid.shape[axis], native, factor,
+                                recipe.geobox.shape[axis], recipe.resampling)
+                for span in _spans(chunks[axis])] for axis in (0, 1)]
+    (top, bottom), (left, right) = ((min(w[0] for w in axis), max(w[1] for w in axis))
+                                    for axis in windows)
+    source = recipe.read(band, grid[top:bottom, left:right],
+                         chunk=max(1, math.ceil(recipe.chunk / native)))
+    rows = [(first - top, stop - top, keep) for first, stop, keep in windows[0]]
+    columns = [(first - left, stop - left, keep) for first, stop, keep in windows[1]]
+    return _windowed(source, rows, columns, _upsampled_mean, chunks, "full-mean")
+
+
+def _offset(window: Any, grid: Any) -> tuple[int, int]:
+    """Where the grid ``window`` starts in ``grid`` (rows, columns of ``grid``)."""
+    column, row = ~grid.affine @ (window.affine.c, window.affine.f)
+    return round(row), round(column)
+
+
+def _average_loaded(variable: xr.DataArray, factor: int,
+                    chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> Any:
+    """The loaded values themselves, block-averaged by ``factor``."""
     from .resample import resample_dask
 
     fine = variable.data if "time" in variable.dims else variable.data[None]
@@ -372,7 +495,8 @@ def read_coarser(data: xr.Dataset, factor: int, *, bands: Sequence[str] | None =
         choice = choices[name]
         array = (_read_level(recipe, name, choice, coarse, chunks)  # type: ignore[arg-type]
                  if choice.index is not None
-                 else _read_full(data[name], int(factor), chunks))  # type: ignore[arg-type]
+                 else _read_full(recipe, name, data[name], int(factor),
+                                 chunks))  # type: ignore[arg-type]
         variables[name] = _like(data[name], array)
     coords = dict(xr_coords(coarse, crs_coord_name="spatial_ref"))
     out = xr.Dataset(variables, coords={**coords, **_other_coords(data, coarse)})

@@ -758,6 +758,23 @@ class LoadRecipe:
         """The spatial chunk of the loaded data, in its pixels."""
         return self.plan.chunk
 
+    @property
+    def resampling(self) -> str:
+        """The method :func:`load` brought bands coarser than its grid onto it with."""
+        return self.plan.resampling
+
+    @property
+    def loaded_geobox(self) -> Any:
+        """The grid :func:`load` made (:attr:`geobox` is the part of it the data still hold)."""
+        return self.plan.geobox
+
+    def native_factor(self, band: str) -> int | None:
+        """How :func:`load` read ``band``: on :attr:`loaded_geobox` zoomed out by this factor,
+        then upsampled by it with :attr:`resampling` (1: read on the loaded grid itself);
+        None where the time steps differ."""
+        factors = {_native_factor(group[0], band, self.plan) for group in self.groups}
+        return factors.pop() if len(factors) == 1 else None
+
     @contextmanager
     def environment(self) -> Iterator[None]:
         """The GDAL environment (and AWS session) the reads run in, in this thread: for

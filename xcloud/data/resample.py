@@ -42,6 +42,7 @@ __all__ = [
     "downsample_majority",
     "downsample_mean",
     "map_upsampled",
+    "resample",
     "resample_dask",
     "resample_dataarray",
     "upsample_bilinear",
@@ -906,9 +907,23 @@ def map_upsampled(function: Callable[[np.ndarray, int], np.ndarray], array: dask
     return _upsample_dask(array, plan, _up_shape(array.shape, factor, out_shape), name=name)
 
 
-def _resample_numpy(array: np.ndarray, factor: int, method: str,
-                    out_shape: tuple[int, int] | None, nodata: int | None,
-                    lobes: int) -> np.ndarray:
+def resample(array: np.ndarray, factor: int, *, method: str,
+             out_shape: tuple[int, int] | None = None, nodata: int | None = None,
+             lobes: int = 3) -> np.ndarray:
+    """:func:`resample_dask` for a numpy array: the same methods and arguments, in memory.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        (..., H, W).
+    factor, method, out_shape, nodata, lobes
+        As for :func:`resample_dask`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The resampled array (see the method's function).
+    """
     plan = _plan(array, factor, method, out_shape, nodata, lobes)
     if plan.upsample:
         return plan.function(array, plan.factor, out_shape=out_shape)
@@ -983,7 +998,8 @@ def resample_dataarray(da: xr.DataArray, factor: int, *, method: str,
         data = resample_dask(work.data, factor, method=method, out_shape=out_shape,
                              nodata=nodata, lobes=lobes)
     else:
-        data = _resample_numpy(work.values, factor, method, out_shape, nodata, lobes)
+        data = resample(work.values, factor, method=method, out_shape=out_shape, nodata=nodata,
+                        lobes=lobes)
     out = xr.DataArray(data, dims=work.dims, coords=work.coords, attrs=work.attrs,
                        name=work.name)
     out = _resampled_coords(da, out, factor, method in UPSAMPLING_METHODS, y, x)
