@@ -694,9 +694,20 @@ def _to_reflectance(raw: xr.DataArray, radiometry: Radiometry) -> Any:
         if np.issubdtype(data.dtype, np.floating):
             data = _where(data == data, data, radiometry.nodata)
         return data.astype(np.uint8)
-    valid = data != radiometry.nodata
-    values = data.astype(np.float32) * np.float32(radiometry.scale) + np.float32(radiometry.offset)
-    return _where(valid, values, np.float32(np.nan))
+    import dask.array as da
+
+    return da.map_blocks(_reflectance_block, data, dtype=np.float32,
+                         scale=np.float32(radiometry.scale), offset=np.float32(radiometry.offset),
+                         nodata=radiometry.nodata)
+
+
+def _reflectance_block(dn: np.ndarray, *, scale: np.float32, offset: np.float32,
+                       nodata: float) -> np.ndarray:
+    """``dn * scale + offset`` in float32, NaN where ``dn`` is ``nodata``: one task per read
+    block (elementwise Dask operations would make a diamond that keeps it apart from the read)."""
+    values = dn.astype(np.float32) * scale + offset
+    values[dn == nodata] = np.nan
+    return values
 
 
 def _where(valid: Any, values: Any, other: Any) -> Any:

@@ -274,12 +274,20 @@ def _context(info: ModelInfo) -> int:
 
 
 def _weighted_stack(proba: xr.DataArray) -> da.Array:
-    """(time, class + 1, y, x) float32: probabilities, 0 where the model's grid has no data,
-    and a last channel 1.0 where it has data, 0.0 where not (the bilinear weights' share)."""
+    """(time, class + 1, y, x) float32: :func:`_weighted_block` of each block."""
     coarse = proba.data if proba.ndim == 4 else proba.data[None]
-    valid = da.isfinite(coarse).all(axis=1, keepdims=True)
-    stacked = da.concatenate([da.where(valid, coarse, 0.0), valid.astype(np.float32)], axis=1)
-    return stacked.astype(np.float32).rechunk({1: -1})
+    coarse = coarse.rechunk({1: -1})
+    return da.map_blocks(_weighted_block, coarse, dtype=np.float32,
+                         chunks=(coarse.chunks[0], (coarse.shape[1] + 1,), *coarse.chunks[2:]),
+                         meta=np.empty((0, 0, 0, 0), np.float32))
+
+
+def _weighted_block(coarse: np.ndarray) -> np.ndarray:
+    """(time, class + 1, y, x) float32 of (time, class, y, x) probabilities: the
+    probabilities, 0 where the model's grid has no data, and a last channel 1.0 where it has
+    data, 0.0 where not (the bilinear weights' share)."""
+    valid = np.isfinite(coarse).all(axis=1, keepdims=True)
+    return np.concatenate([np.where(valid, coarse, 0.0), valid], axis=1, dtype=np.float32)
 
 
 def _fine_shape(like: xr.DataArray) -> tuple[int, int]:
