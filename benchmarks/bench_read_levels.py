@@ -195,8 +195,10 @@ def run_mask(folder: str, model: str, read: str, chunk: int, out: str) -> dict[s
 
 def run_scaling(folder: str, model: str, read: str, chunk: int, workers: int,
                 threads: int) -> dict[str, Any]:
-    """The mask on a ``local_cluster`` of ``workers`` processes x ``threads`` threads."""
-    from distributed import Client
+    """The mask on a ``local_cluster`` of ``workers`` processes x ``threads`` threads, with
+    Dask's task stream: tasks run, their summed compute seconds and the share of the worker
+    threads' time they kept busy."""
+    from distributed import Client, get_task_stream
 
     import xcloud
 
@@ -206,9 +208,14 @@ def run_scaling(folder: str, model: str, read: str, chunk: int, workers: int,
         warm = _mask(data.isel(y=slice(0, WARM_UP), x=slice(0, WARM_UP)), model, read)
         for address in client.scheduler_info()["workers"]:  # the model in every process
             client.compute(warm, workers=[address]).result()
-        with _common.stopwatch() as meter:
+        with get_task_stream(client) as stream, _common.stopwatch() as meter:
             _mask(data, model, read).compute()
-    return meter.as_dict()
+    result = meter.as_dict()
+    computing = [stop - start for record in stream.data for start, stop in
+                 ((s["start"], s["stop"]) for s in record["startstops"]
+                  if s["action"] == "compute")]
+    busy = sum(computing) / (result["seconds"] * workers * threads)
+    return {**result, "tasks": len(stream.data), "compute": sum(computing), "busy": busy}
 
 
 def run_decode(folder: str, chunk: int, setup: str) -> dict[str, Any]:
@@ -368,9 +375,11 @@ def scaling_table(args: argparse.Namespace, folder: Path) -> None:
     base = results[setups[0][0]]["seconds"]
     targets = {setups[1][0]: ">= 1.8x", setups[2][0]: ">= 1.9x"}
     rows = [[label, f"{r['seconds']:.1f}", f"{base / r['seconds']:.2f}x",
-             targets.get(label, "-"), _common.Meter.from_dict(r).noise]
+             targets.get(label, "-"), str(r["tasks"]), f"{r['compute']:.1f}",
+             f"{100 * r['busy']:.0f} %", _common.Meter.from_dict(r).noise]
             for label, r in results.items()]
-    _common.print_table(["local_cluster", "wall s", "speed-up", "target", _common.NOISE_HEADER],
+    _common.print_table(["local_cluster", "wall s", "speed-up", "target", "tasks",
+                         "task compute s", "threads busy", _common.NOISE_HEADER],
                         rows, title=f"Scaling, ukis-6b-l1c at 30 m from the JPEG 2000 levels, "
                         f"{args.size}² tile")
     rows = []
