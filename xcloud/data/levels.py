@@ -345,44 +345,34 @@ def _joined(function: Callable[[np.ndarray, Any, Any], np.ndarray],
     return function(window, rows, columns)
 
 
-@dataclass(frozen=True)
-class _Upsampled:
-    """Along one axis, for one chunk: how :func:`xcloud.load` made its pixels from a window of
-    the band's native pixels (``native`` times coarser, upsampled with ``method``) and which of
-    them the chunk's coarse pixels (``factor`` loaded pixels each) average."""
-
-    method: str
-    native: int
-    factor: int
-    keep: slice  # loaded pixels of the chunk, counted from the window's first native pixel
-
-
 _MARGIN = 4
 """Native pixels read around a chunk's own: more than any upsampling kernel reaches (sinc's
 three lobes), so that a chunk's loaded pixels are those of the whole band."""
 
 
-def _upsampled_mean(window: np.ndarray, rows: _Upsampled, columns: _Upsampled) -> np.ndarray:
+def _upsampled_mean(window: np.ndarray, rows: slice, columns: slice, *, method: str,
+                    native: int, factor: int) -> np.ndarray:
     """The coarse pixels of one chunk: the native ``window`` brought onto the loaded grid as
-    :func:`xcloud.load` does, then block-averaged (NaN ignored)."""
+    :func:`xcloud.load` does (``native`` times finer, with ``method``), the chunk's loaded
+    pixels (``rows`` x ``columns``, counted from the window's first native pixel) kept, then
+    block-averaged by ``factor`` (NaN ignored)."""
     from .resample import downsample_mean, resample
 
-    if rows.native > 1:
-        window = resample(window, rows.native, method=rows.method)
-    return downsample_mean(window[:, rows.keep, columns.keep], rows.factor)
+    if native > 1:
+        window = resample(window, native, method=method)
+    return downsample_mean(window[:, rows, columns], factor)
 
 
-def _native_windows(span: slice, offset: int, available: int, native: int, factor: int,
-                    size: int, method: str) -> tuple[int, int, _Upsampled]:
+def _native_window(span: slice, offset: int, available: int, native: int, factor: int,
+                   size: int) -> tuple[int, int, slice]:
     """Native pixels (first, stop; of a native grid with ``available`` pixels) for the coarse
     pixels ``span`` of a selection starting ``offset`` loaded pixels into the loaded grid and
-    ``size`` loaded pixels long."""
+    ``size`` loaded pixels long, and the chunk's loaded pixels counted from ``first``'s."""
     low = offset + span.start * factor
     high = offset + min(span.stop * factor, size)
     first = max(low // native - _MARGIN, 0)
     stop = min((high - 1) // native + 1 + _MARGIN, available)
-    keep = slice(low - first * native, high - first * native)
-    return first, stop, _Upsampled(method, native, factor, keep)
+    return first, stop, slice(low - first * native, high - first * native)
 
 
 def _read_full(recipe: LoadRecipe, band: str, variable: xr.DataArray, factor: int,
@@ -403,8 +393,8 @@ def _read_full(recipe: LoadRecipe, band: str, variable: xr.DataArray, factor: in
     loaded = recipe.loaded_geobox
     grid = loaded.zoom_out(native) if native > 1 else loaded
     offset = _offset(recipe.geobox, loaded)
-    windows = [[_native_windows(span, offset[axis], grid.shape[axis], native, factor,
-                                recipe.geobox.shape[axis], recipe.resampling)
+    windows = [[_native_window(span, offset[axis], grid.shape[axis], native, factor,
+                               recipe.geobox.shape[axis])
                 for span in _spans(chunks[axis])] for axis in (0, 1)]
     (top, bottom), (left, right) = ((min(w[0] for w in axis), max(w[1] for w in axis))
                                     for axis in windows)
@@ -412,7 +402,9 @@ def _read_full(recipe: LoadRecipe, band: str, variable: xr.DataArray, factor: in
                          chunk=max(1, math.ceil(recipe.chunk / native)))
     rows = [(first - top, stop - top, keep) for first, stop, keep in windows[0]]
     columns = [(first - left, stop - left, keep) for first, stop, keep in windows[1]]
-    return _windowed(source, rows, columns, _upsampled_mean, chunks, "full-mean")
+    mean = functools.partial(_upsampled_mean, method=recipe.resampling, native=native,
+                             factor=factor)
+    return _windowed(source, rows, columns, mean, chunks, "full-mean")
 
 
 def _offset(window: Any, grid: Any) -> tuple[int, int]:

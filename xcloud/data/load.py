@@ -703,8 +703,8 @@ def _to_reflectance(raw: xr.DataArray, radiometry: Radiometry) -> Any:
 
 def _reflectance_block(dn: np.ndarray, *, scale: np.float32, offset: np.float32,
                        nodata: float) -> np.ndarray:
-    """``dn * scale + offset`` in float32, NaN where ``dn`` is ``nodata``: one task per read
-    block (elementwise Dask operations would make a diamond that keeps it apart from the read)."""
+    """``dn * scale + offset`` in float32, NaN where ``dn`` is ``nodata`` (one Dask layer
+    where the elementwise operations made five)."""
     values = dn.astype(np.float32) * scale + offset
     values[dn == nodata] = np.nan
     return values
